@@ -1,0 +1,156 @@
+//! Durations (`"250ms"`, `"5s"`, `"1m"`) and sizes (`1024`, `"10MiB"`) as they are written in the file.
+
+use std::fmt;
+
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+
+/// A duration written as a string with a unit: `ms`, `s`, `m`, `h` (also `us`, `d`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Duration(pub std::time::Duration);
+
+impl Duration {
+    pub const fn from_secs(secs: u64) -> Self {
+        Duration(std::time::Duration::from_secs(secs))
+    }
+
+    pub const fn from_millis(ms: u64) -> Self {
+        Duration(std::time::Duration::from_millis(ms))
+    }
+
+    pub const fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl std::str::FromStr for Duration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("duration `{s}` needs a unit (ms, s, m, h)"))?;
+        let (number, unit) = s.split_at(split);
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("invalid duration `{s}`: expected a number and a unit, such as \"250ms\" or \"5s\""))?;
+        let scale = match unit.trim() {
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86400.0,
+            other => return Err(format!("invalid duration unit `{other}` in `{s}` (use ms, s, m or h)")),
+        };
+        let secs = value * scale;
+        if !secs.is_finite() || secs > 1e9 {
+            return Err(format!("duration `{s}` is out of range"));
+        }
+        Ok(Duration(std::time::Duration::from_secs_f64(secs)))
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 != 0 || ms == 0 {
+            write!(f, "{ms}ms")
+        } else {
+            write!(f, "{}s", ms / 1000)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)
+            .map_err(|_| de::Error::custom("expected a duration string such as \"5s\""))?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A size in bytes: an integer, or a string with `B`, `KB`/`KiB`, `MB`/`MiB`, `GB`/`GiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let value: u64 = number.parse().map_err(|_| format!("invalid size `{s}`: expected a number such as \"10MiB\""))?;
+        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1000,
+            "kib" | "k" => 1024,
+            "mb" => 1_000_000,
+            "mib" | "m" => 1024 * 1024,
+            "gb" => 1_000_000_000,
+            "gib" | "g" => 1024 * 1024 * 1024,
+            other => return Err(format!("invalid size unit `{other}` in `{s}` (use B, KiB, MiB or GiB)")),
+        };
+        value.checked_mul(scale).map(ByteSize).ok_or_else(|| format!("size `{s}` is out of range"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: an integer number of bytes or a string such as \"10MiB\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!("250ms".parse::<Duration>(), Ok(Duration::from_millis(250)));
+        assert_eq!("5s".parse::<Duration>(), Ok(Duration::from_secs(5)));
+        assert_eq!("1m".parse::<Duration>(), Ok(Duration::from_secs(60)));
+        assert_eq!("1.5s".parse::<Duration>(), Ok(Duration::from_millis(1500)));
+        assert!("5".parse::<Duration>().is_err());
+        assert!("5 parsecs".parse::<Duration>().is_err());
+        assert!("".parse::<Duration>().is_err());
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!("10MiB".parse::<ByteSize>(), Ok(ByteSize(10 * 1024 * 1024)));
+        assert_eq!("512".parse::<ByteSize>(), Ok(ByteSize(512)));
+        assert_eq!("1KB".parse::<ByteSize>(), Ok(ByteSize(1000)));
+        assert!("ten".parse::<ByteSize>().is_err());
+        assert!("99999999999999GiB".parse::<ByteSize>().is_err());
+    }
+}
