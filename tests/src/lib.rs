@@ -1,1 +1,60 @@
-//! tests
+//! `gateway-tests`: the shared fixtures of the black-box tests.
+//!
+//! - [`Backend`]: a real HTTP/1.1 server on `127.0.0.1:0` that answers with what reached it.
+//! - [`TestGateway`]: the real gateway started on a config string (ports from `127.0.0.1:0`).
+//! - [`send`] and [`raw`]: a real client, and raw bytes for requests no client would send.
+//!
+//! ```no_run
+//! # async fn f() {
+//! use gateway_tests::{Backend, TestGateway};
+//! let backend = Backend::start().await;
+//! let gw = TestGateway::start(&format!(r#"
+//! [services.echo]
+//! endpoints = ["http://{}"]
+//! [[routes]]
+//! name = "all"
+//! path_prefix = "/"
+//! service = "echo"
+//! "#, backend.addr)).await;
+//! let resp = gw.get("/hello").await;
+//! assert_eq!(resp.status, 200);
+//! # }
+//! ```
+#![allow(clippy::unwrap_used)]
+
+mod backend;
+mod client;
+mod gateway;
+
+pub use backend::{Backend, Seen};
+pub use client::{raw, send, Answer};
+pub use gateway::TestGateway;
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "gateway-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

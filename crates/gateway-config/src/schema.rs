@@ -5,8 +5,10 @@
 //! auth providers, rate limits) are `Spanned` so validation can point at them.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_spanned::Spanned;
 
@@ -84,11 +86,32 @@ impl Default for Server {
 }
 
 /// One certificate, or several chosen by SNI.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum TlsSetting {
     One(TlsCert),
     Many(Vec<TlsCert>),
+}
+
+/// By hand rather than `untagged`, so a mistake inside a certificate table is
+/// reported as itself (an unknown key, a wrong type) instead of "did not match".
+impl<'de> Deserialize<'de> for TlsSetting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TlsSetting;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("{ cert = \"...\", key = \"...\" } or a list of such tables")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TlsSetting, A::Error> {
+                TlsCert::deserialize(de::value::MapAccessDeserializer::new(map)).map(TlsSetting::One)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<TlsSetting, A::Error> {
+                Vec::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(TlsSetting::Many)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -367,11 +390,30 @@ pub struct AuthProvider {
     pub keys_file: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum StringOrList {
     One(String),
     Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for StringOrList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StringOrList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StringOrList, E> {
+                Ok(StringOrList::One(v.to_owned()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<StringOrList, A::Error> {
+                Vec::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(StringOrList::Many)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -31,9 +31,9 @@ impl std::str::FromStr for Duration {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(|| format!("duration `{s}` needs a unit (ms, s, m, h)"))?;
         let (number, unit) = s.split_at(split);
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("invalid duration `{s}`: expected a number and a unit, such as \"250ms\" or \"5s\""))?;
+        let value: f64 = number.parse().map_err(|_| {
+            format!("invalid duration `{s}`: expected a number and a unit, such as \"250ms\" or \"5s\"")
+        })?;
         let scale = match unit.trim() {
             "us" | "µs" => 1e-6,
             "ms" => 1e-3,
@@ -54,7 +54,7 @@ impl std::str::FromStr for Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 != 0 || ms == 0 {
+        if !ms.is_multiple_of(1000) || ms == 0 {
             write!(f, "{ms}ms")
         } else {
             write!(f, "{}s", ms / 1000)
@@ -64,8 +64,7 @@ impl fmt::Display for Duration {
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)
-            .map_err(|_| de::Error::custom("expected a duration string such as \"5s\""))?;
+        let s = String::deserialize(d).map_err(|_| de::Error::custom("expected a duration string such as \"5s\""))?;
         s.parse().map_err(de::Error::custom)
     }
 }
@@ -93,7 +92,8 @@ impl std::str::FromStr for ByteSize {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (number, unit) = t.split_at(split);
-        let value: u64 = number.parse().map_err(|_| format!("invalid size `{s}`: expected a number such as \"10MiB\""))?;
+        let value: u64 =
+            number.parse().map_err(|_| format!("invalid size `{s}`: expected a number such as \"10MiB\""))?;
         let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "kb" => 1000,

@@ -1,0 +1,182 @@
+use std::cell::Cell;
+use std::error::Error as _;
+use std::time::{Duration, Instant};
+
+use gateway_core::{Body, ErrorKind, GatewayError};
+use gateway_registry::{Endpoint, Scheme};
+use gateway_telemetry::{Outcome, ServiceMetrics};
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::{BodyLimitError, RequestBody};
+
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Tell this thread which worker runtime it is, so it uses that worker's pools.
+pub fn set_worker_index(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+pub fn worker_index() -> usize {
+    WORKER.with(Cell::get)
+}
+
+/// How to reach a service's endpoints.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    /// How long an unused pooled connection is kept.
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        UpstreamSettings {
+            connect_timeout: Duration::from_secs(1),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 256,
+        }
+    }
+}
+
+type Http1Client = Client<HttpConnector, RequestBody>;
+
+struct WorkerPools {
+    http1: Http1Client,
+    h2c: Http1Client,
+}
+
+/// The keep-alive pools of one service: one set per worker runtime, so each pooled
+/// connection is driven on the thread that uses it.
+pub struct UpstreamClient {
+    pools: Box<[WorkerPools]>,
+}
+
+impl UpstreamClient {
+    pub fn new(settings: &UpstreamSettings, workers: usize) -> Self {
+        let pools = (0..workers.max(1))
+            .map(|_| {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(settings.connect_timeout));
+                connector.set_nodelay(true);
+                connector.enforce_http(true);
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(settings.pool_idle_timeout)
+                    .pool_max_idle_per_host(settings.pool_max_idle_per_host);
+                let http1 = builder.build(connector.clone());
+                let h2c = builder.clone().http2_only(true).build(connector);
+                WorkerPools { http1, h2c }
+            })
+            .collect();
+        UpstreamClient { pools }
+    }
+
+    /// Send `req` (whose URI holds only path and query) to `endpoint`, waiting at most
+    /// `timeout` for the response head. The response body streams back untouched.
+    pub async fn send(
+        &self,
+        endpoint: &Endpoint,
+        mut req: Request<RequestBody>,
+        timeout: Duration,
+    ) -> Result<Response<Body>, GatewayError> {
+        let pools = &self.pools[worker_index() % self.pools.len()];
+        let client = match endpoint.scheme() {
+            Scheme::Http => &pools.http1,
+            Scheme::H2c => &pools.h2c,
+            Scheme::Https => {
+                return Err(GatewayError::new(
+                    ErrorKind::BadGateway,
+                    "https upstreams are not supported by this build yet",
+                ))
+            }
+        };
+        let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = Uri::builder()
+            .scheme(endpoint.scheme().uri_scheme())
+            .authority(endpoint.authority().clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| GatewayError::new(ErrorKind::BadRequest, format!("cannot build upstream uri: {e}")))?;
+        *req.uri_mut() = uri;
+        match tokio::time::timeout(timeout, client.request(req)).await {
+            Ok(Ok(resp)) if has_ambiguous_framing(resp.headers()) => {
+                // Dropping the unread response also keeps its connection out of the pool.
+                Err(GatewayError::new(
+                    ErrorKind::BadGateway,
+                    format!("upstream {} sent an answer with ambiguous framing", endpoint.address()),
+                ))
+            }
+            Ok(Ok(resp)) => Ok(resp.map(Body::from)),
+            Ok(Err(err)) => Err(classify(&err, endpoint)),
+            Err(_) => Err(GatewayError::new(
+                ErrorKind::GatewayTimeout,
+                format!("upstream {} did not answer within {timeout:?}", endpoint.address()),
+            )),
+        }
+    }
+
+    /// [`send`](Self::send), recording the outcome in the service's metrics.
+    pub async fn send_measured(
+        &self,
+        endpoint: &Endpoint,
+        req: Request<RequestBody>,
+        timeout: Duration,
+        metrics: &ServiceMetrics,
+    ) -> Result<Response<Body>, GatewayError> {
+        let started = Instant::now();
+        let result = self.send(endpoint, req, timeout).await;
+        let outcome = match &result {
+            Ok(resp) if resp.status().is_server_error() => Outcome::ServerError,
+            Ok(resp) if resp.status().is_client_error() => Outcome::ClientError,
+            Ok(_) => Outcome::Success,
+            Err(e) if e.kind == ErrorKind::GatewayTimeout => Outcome::Timeout,
+            Err(e) if e.retryable => Outcome::ConnectFailure,
+            Err(_) => Outcome::Reset,
+        };
+        metrics.record(outcome, started.elapsed());
+        result
+    }
+}
+
+/// Both `content-length` and `transfer-encoding`, or several different lengths: the
+/// upstream and the gateway may disagree on where the answer ends.
+fn has_ambiguous_framing(headers: &http::HeaderMap) -> bool {
+    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let Some(first) = lengths.next() else { return false };
+    headers.contains_key(http::header::TRANSFER_ENCODING) || lengths.any(|other| other != first)
+}
+
+/// Turn a client error into what the caller sees: the client's own body faults are
+/// 413/408/400, a refused connection is a retryable 502, anything else a plain 502.
+fn classify(err: &hyper_util::client::legacy::Error, endpoint: &Endpoint) -> GatewayError {
+    let mut source = err.source();
+    while let Some(e) = source {
+        if let Some(limit) = e.downcast_ref::<BodyLimitError>() {
+            let kind = match limit {
+                BodyLimitError::TooLarge(_) => ErrorKind::PayloadTooLarge,
+                BodyLimitError::Stalled(_) => ErrorKind::RequestTimeout,
+                BodyLimitError::Aborted => ErrorKind::BadRequest,
+            };
+            return GatewayError::new(kind, limit.to_string()).closing();
+        }
+        source = e.source();
+    }
+    if err.is_connect() {
+        return GatewayError::new(ErrorKind::BadGateway, format!("cannot connect to upstream {}", endpoint.address()))
+            .retryable();
+    }
+    tracing::debug!(upstream = %endpoint, error = ?err, "upstream exchange failed");
+    GatewayError::new(
+        ErrorKind::BadGateway,
+        format!("upstream {} reset the connection or sent an invalid response", endpoint.address()),
+    )
+}

@@ -1,0 +1,274 @@
+//! `gateway`: the binary's library half. It composes the other crates into a running
+//! gateway: listeners on per-core runtimes, the `Runtime` swapped on reload, the admin
+//! listener, graceful shutdown, and the demo backends.
+//!
+//! ```no_run
+//! # async fn f() {
+//! let handle = gateway::start(std::path::Path::new("gateway.toml")).await.expect("starts");
+//! println!("proxy on {}, admin on {}", handle.addr, handle.admin_addr);
+//! handle.shutdown().await;
+//! # }
+//! ```
+
+pub mod demo;
+mod runtime;
+mod server;
+mod service;
+mod time;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use gateway_admin::{AdminState, ConfigStatus};
+use gateway_config::{Config, ConfigError};
+use gateway_router::RouteTable;
+use gateway_telemetry::Metrics;
+use tokio::sync::watch;
+
+pub use runtime::Runtime;
+
+/// State every worker shares.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub metrics: Metrics,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{}", gateway_config::ConfigErrors(.0.clone()))]
+    Config(Vec<ConfigError>),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A validated configuration with its compiled route table.
+pub struct Loaded {
+    pub config: Config,
+    pub routes: RouteTable,
+    pub hash: u64,
+}
+
+/// Read, validate and compile `path`; `Ok(None)` when its content hash is `previous`.
+pub fn load(path: &Path, previous: Option<u64>) -> Result<Option<Loaded>, Vec<ConfigError>> {
+    let Some((config, hash)) = gateway_config::load_if_changed(path, previous)? else {
+        return Ok(None);
+    };
+    let routes = RouteTable::compile(&config).map_err(|errors| {
+        let file = path.display().to_string();
+        errors
+            .into_iter()
+            .map(|e| {
+                let name = config.routes.get(e.route).map(|r| r.name.get_ref().as_str()).unwrap_or("?");
+                ConfigError::at_start(&file, format!("route `{name}`: {}", e.message))
+            })
+            .collect::<Vec<_>>()
+    })?;
+    Ok(Some(Loaded { config, routes, hash }))
+}
+
+/// How many worker runtimes `server.workers` asks for.
+fn worker_count(config: &Config) -> usize {
+    match config.server.workers {
+        0 => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+        n => n,
+    }
+}
+
+struct Control {
+    shared: Arc<Shared>,
+    admin: AdminState,
+    path: PathBuf,
+    workers: usize,
+    hash: Mutex<Option<u64>>,
+    version: AtomicU64,
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl Control {
+    /// Reload from the file: all or nothing. `Ok(None)` when the content did not change.
+    async fn reload(&self) -> Result<Option<u64>, Vec<ConfigError>> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let previous_hash = *self.hash.lock().unwrap_or_else(|e| e.into_inner());
+        let path = self.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || load(&path, previous_hash))
+            .await
+            .unwrap_or_else(|e| Err(vec![ConfigError::at_start("reload", format!("reload task failed: {e}"))]));
+        let loaded = match loaded {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => return Ok(None),
+            Err(errors) => {
+                self.shared.metrics.reload(false);
+                let mut status = self.admin.config_status();
+                status.last_error = errors.first().map(ToString::to_string);
+                self.admin.set_config_status(status);
+                for e in &errors {
+                    tracing::error!(error = %e, "configuration reload failed; the previous configuration keeps serving");
+                }
+                return Err(errors);
+            }
+        };
+        let old = self.shared.runtime.load_full();
+        if loaded.config.server.listen != old.config.server.listen || loaded.config.admin != old.config.admin {
+            tracing::warn!("listener addresses changed: they take effect at the next restart");
+        }
+        let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
+        let runtime =
+            Runtime::build(loaded.config, loaded.routes, version, Some(&old), &self.shared.metrics, self.workers);
+        self.shared.runtime.store(Arc::new(runtime));
+        *self.hash.lock().unwrap_or_else(|e| e.into_inner()) = Some(loaded.hash);
+        self.shared.metrics.reload(true);
+        self.admin.set_config_status(ConfigStatus { version, loaded_at: time::now_rfc3339(), last_error: None });
+        tracing::info!(version, "configuration reloaded");
+        Ok(Some(version))
+    }
+}
+
+/// A running gateway.
+pub struct GatewayHandle {
+    /// The proxy listener's address (useful when the config asked for port 0).
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    control: Arc<Control>,
+    shutdown: watch::Sender<bool>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    admin_task: tokio::task::JoinHandle<()>,
+    _watcher: Option<gateway_config::ConfigWatcher>,
+}
+
+/// Load `config_path`, bind the listeners, start the workers and the admin listener,
+/// and watch the file for changes. Must be called inside a tokio runtime, which then
+/// runs the admin listener and reloads.
+pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
+    let loaded = load(config_path, None)
+        .map_err(StartError::Config)?
+        .ok_or_else(|| StartError::Config(vec![ConfigError::at_start(&config_path.display().to_string(), "empty")]))?;
+    let metrics = Metrics::new();
+    let workers = worker_count(&loaded.config);
+    let listen = loaded.config.server.listen;
+    let admin_listen = loaded.config.admin.listen;
+    let listeners =
+        server::bind_listeners(listen, workers).map_err(|source| StartError::Listen { addr: listen, source })?;
+    let addr = listeners[0].local_addr().map_err(|source| StartError::Listen { addr: listen, source })?;
+    let admin_listener = tokio::net::TcpListener::bind(admin_listen)
+        .await
+        .map_err(|source| StartError::Listen { addr: admin_listen, source })?;
+    let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Listen { addr: admin_listen, source })?;
+
+    let runtime = Runtime::build(loaded.config, loaded.routes, 1, None, &metrics, workers);
+    let shared = Arc::new(Shared { runtime: ArcSwap::from_pointee(runtime), metrics: metrics.clone() });
+    let admin = AdminState::new(metrics);
+    admin.set_config_status(ConfigStatus { version: 1, loaded_at: time::now_rfc3339(), last_error: None });
+    let control = Arc::new(Control {
+        shared: shared.clone(),
+        admin: admin.clone(),
+        path: config_path.to_path_buf(),
+        workers,
+        hash: Mutex::new(Some(loaded.hash)),
+        version: AtomicU64::new(1),
+        reloading: tokio::sync::Mutex::new(()),
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut threads = Vec::with_capacity(workers);
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let shared = shared.clone();
+        let shutdown = shutdown_rx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("gateway-worker-{index}"))
+            .spawn(move || {
+                gateway_proxy::set_worker_index(index);
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a worker runtime");
+                        return;
+                    }
+                };
+                rt.block_on(server::serve(listener, shared, shutdown));
+            })
+            .map_err(|source| StartError::Listen { addr, source })?;
+        threads.push(thread);
+    }
+
+    let mut admin_shutdown = shutdown_rx.clone();
+    let app = gateway_admin::router(admin.clone());
+    let admin_task = tokio::spawn(async move {
+        // The admin listener outlives the drain so /readyz can say 503 meanwhile; it
+        // stops when the handle finishes shutting down.
+        let serve = axum::serve(admin_listener, app)
+            .with_graceful_shutdown(async move { while admin_shutdown.changed().await.is_ok() {} });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    });
+
+    let watcher = watch_config(config_path, control.clone());
+    admin.set_ready(true);
+    tracing::info!(%addr, %admin_addr, workers, "gateway started");
+    Ok(GatewayHandle {
+        addr,
+        admin_addr,
+        control,
+        shutdown: shutdown_tx,
+        workers: threads,
+        admin_task,
+        _watcher: watcher,
+    })
+}
+
+fn watch_config(path: &Path, control: Arc<Control>) -> Option<gateway_config::ConfigWatcher> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            let _ = control.reload().await;
+        }
+    });
+    match gateway_config::watch(path, move || {
+        let _ = tx.send(());
+    }) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the configuration file; reload with SIGHUP or the admin API");
+            None
+        }
+    }
+}
+
+impl GatewayHandle {
+    /// Reload the configuration file now. `Ok(version)`; an unchanged file keeps its version.
+    pub async fn reload(&self) -> Result<u64, Vec<ConfigError>> {
+        let version = self.control.reload().await?;
+        Ok(version.unwrap_or_else(|| self.control.version.load(Ordering::SeqCst)))
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.control.shared.metrics
+    }
+
+    /// Signal shutdown without waiting for the drain (workers finish on their own).
+    pub fn abort(self) {
+        self.control.admin.set_ready(false);
+        let _ = self.shutdown.send(true);
+        self.admin_task.abort();
+    }
+
+    /// Stop accepting, let in-flight requests finish (up to `server.shutdown_grace`),
+    /// then stop the admin listener.
+    pub async fn shutdown(self) {
+        self.control.admin.set_ready(false);
+        let _ = self.shutdown.send(true);
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+        })
+        .await;
+        drop(self.shutdown);
+        let _ = self.admin_task.await;
+    }
+}

@@ -1,0 +1,150 @@
+//! `Runtime`: everything compiled from one `Config`, swapped whole on reload.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_config::{Config, IpNet, Route};
+use gateway_proxy::{UpstreamClient, UpstreamSettings};
+use gateway_registry::Endpoints;
+use gateway_router::RouteTable;
+use gateway_telemetry::{Metrics, RouteMetrics, ServiceMetrics, UNMATCHED_ROUTE};
+
+/// One upstream service: its endpoints, pools and counters. Reused across reloads while
+/// its definition is unchanged, so pools and the balancer's position survive.
+pub struct ServiceRuntime {
+    pub name: String,
+    definition: gateway_config::Service,
+    pub endpoints: Endpoints,
+    pub client: UpstreamClient,
+    pub timeout: Duration,
+    pub metrics: Arc<ServiceMetrics>,
+}
+
+/// What a matched route does.
+pub enum Action {
+    Proxy(Arc<ServiceRuntime>),
+    /// Configured, but this build cannot do it yet: answered 503 rather than guessed at.
+    Unsupported(&'static str),
+}
+
+/// The compiled policy of one route, indexed like `config.routes`.
+pub struct RoutePolicy {
+    pub name: String,
+    pub action: Action,
+    pub timeout: Duration,
+    pub max_body_bytes: u64,
+    pub allow_ips: Vec<IpNet>,
+    pub deny_ips: Vec<IpNet>,
+    /// Auth providers are named but not built yet: fail closed.
+    pub requires_auth: bool,
+    pub metrics: Arc<RouteMetrics>,
+}
+
+pub struct Runtime {
+    pub version: u64,
+    pub config: Arc<Config>,
+    pub routes: RouteTable,
+    pub policies: Vec<RoutePolicy>,
+    pub services: HashMap<String, Arc<ServiceRuntime>>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_body_bytes: u64,
+    pub body_read_timeout: Duration,
+    pub unmatched: Arc<RouteMetrics>,
+}
+
+impl Runtime {
+    /// Assemble a runtime from a validated `config` and its compiled route table,
+    /// reusing the unchanged services of `previous`.
+    pub fn build(
+        config: Config,
+        routes: RouteTable,
+        version: u64,
+        previous: Option<&Runtime>,
+        metrics: &Metrics,
+        workers: usize,
+    ) -> Runtime {
+        let mut services = HashMap::new();
+        for (name, definition) in &config.services {
+            let reused = previous.and_then(|p| p.services.get(name)).filter(|s| &s.definition == definition).cloned();
+            let service = match reused {
+                Some(s) => s,
+                None => Arc::new(build_service(name, definition, metrics, workers)),
+            };
+            services.insert(name.clone(), service);
+        }
+
+        let policies = config.routes.iter().map(|route| build_policy(route, &config, &services, metrics)).collect();
+        let trusted_proxies = parse_nets(&config.server.trusted_proxies);
+        Runtime {
+            version,
+            routes,
+            policies,
+            services,
+            trusted_proxies,
+            max_body_bytes: config.server.max_body_bytes.get(),
+            body_read_timeout: config.server.body_read_timeout.get(),
+            unmatched: metrics.route(UNMATCHED_ROUTE),
+            config: Arc::new(config),
+        }
+    }
+}
+
+fn build_service(
+    name: &str,
+    definition: &gateway_config::Service,
+    metrics: &Metrics,
+    workers: usize,
+) -> ServiceRuntime {
+    let list: Vec<&str> = definition.endpoints.iter().map(|e| e.get_ref().as_str()).collect();
+    // Validation already checked every endpoint; a bad one here is skipped, not fatal.
+    let endpoints = Endpoints::new(list.iter().filter_map(|s| gateway_registry::Endpoint::parse(s).ok()).collect());
+    let settings =
+        UpstreamSettings { connect_timeout: definition.connect_timeout.get(), ..UpstreamSettings::default() };
+    ServiceRuntime {
+        name: name.to_owned(),
+        definition: definition.clone(),
+        endpoints,
+        client: UpstreamClient::new(&settings, workers),
+        timeout: definition.timeout.get(),
+        metrics: metrics.service(name),
+    }
+}
+
+fn build_policy(
+    route: &Route,
+    config: &Config,
+    services: &HashMap<String, Arc<ServiceRuntime>>,
+    metrics: &Metrics,
+) -> RoutePolicy {
+    let action = if let Some(service) = route.service.as_ref().and_then(|s| services.get(s.get_ref())) {
+        Action::Proxy(service.clone())
+    } else if route.split.is_some() {
+        Action::Unsupported("weighted splits are not available in this build yet")
+    } else if route.aggregate.is_some() {
+        Action::Unsupported("aggregate routes are not available in this build yet")
+    } else if route.publish.is_some() {
+        Action::Unsupported("publish routes are not available in this build yet")
+    } else {
+        Action::Unsupported("route has no action")
+    };
+    let service_timeout = match &action {
+        Action::Proxy(s) => s.timeout,
+        Action::Unsupported(_) => Duration::from_secs(15),
+    };
+    let timeout = route.timeout.map(|t| t.get().min(service_timeout)).unwrap_or(service_timeout);
+    RoutePolicy {
+        name: route.name.get_ref().clone(),
+        action,
+        timeout,
+        max_body_bytes: route.max_body_bytes.unwrap_or(config.server.max_body_bytes).get(),
+        allow_ips: parse_nets(&route.allow_ips),
+        deny_ips: parse_nets(&route.deny_ips),
+        requires_auth: !route.auth.is_empty(),
+        metrics: metrics.route(route.name.get_ref()),
+    }
+}
+
+fn parse_nets(list: &[String]) -> Vec<IpNet> {
+    list.iter().filter_map(|s| IpNet::parse(s).ok()).collect()
+}

@@ -1,0 +1,255 @@
+//! The data path: one client request, from its head to the upstream's answer.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use gateway_core::{Body, ErrorKind, GatewayError, RequestId, X_REQUEST_ID};
+use gateway_proxy::{headers, ClientAddr, RequestBody};
+use gateway_router::RouteMiss;
+use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
+use http::{Method, Request, Response, Version};
+use hyper::body::Incoming;
+
+use crate::runtime::{Action, RoutePolicy, Runtime};
+use crate::Shared;
+
+/// Facts about the client connection every request on it shares.
+#[derive(Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: IpAddr,
+    pub tls: bool,
+}
+
+/// Serve one request. Never fails: every error becomes the JSON (or gRPC) answer.
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    shared: Arc<Shared>,
+) -> Result<Response<Body>, hyper::Error> {
+    let started = Instant::now();
+    // One snapshot for the whole request: a reload never changes a request half way.
+    let runtime = shared.runtime.load_full();
+    let request_id = RequestId::from_client(req.headers().get(X_REQUEST_ID));
+    let grpc = is_grpc(&req);
+    let method = req.method().clone();
+    let path_for_log = runtime.config.telemetry.access_log.then(|| req.uri().path().to_owned());
+
+    let mut route_idx = None;
+    let mut upstream = None;
+    let result = proxy(req, conn, &runtime, &request_id, &mut route_idx, &mut upstream).await;
+    let mut response = match result {
+        Ok(resp) => resp,
+        Err(err) => {
+            if err.blame != gateway_core::Blame::Client {
+                tracing::warn!(request_id = request_id.as_str(), error = %err, "request failed");
+            }
+            err.into_response(&request_id, grpc)
+        }
+    };
+    response.headers_mut().insert(X_REQUEST_ID, request_id.header_value().clone());
+
+    let elapsed = started.elapsed();
+    let policy = route_idx.map(|i| &runtime.policies[i]);
+    let route_metrics = policy.map(|p| &p.metrics).unwrap_or(&runtime.unmatched);
+    route_metrics.record(&method, response.status().as_u16(), elapsed);
+    if let Some(path) = path_for_log {
+        access_log(&request_id, policy, &method, &path, &response, upstream.as_deref(), elapsed);
+    }
+    Ok(response)
+}
+
+async fn proxy(
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    runtime: &Runtime,
+    request_id: &RequestId,
+    route_idx: &mut Option<usize>,
+    upstream: &mut Option<String>,
+) -> Result<Response<Body>, GatewayError> {
+    check_framing(&req)?;
+    let host = routing_host(&req)?;
+    let path = gateway_router::normalize_path(req.uri().path())
+        .map_err(|e| GatewayError::new(ErrorKind::BadRequest, format!("malformed path: {e}")))?;
+    let matched =
+        runtime.routes.find(host.as_deref(), req.method(), &path, req.headers()).map_err(|miss| match miss {
+            RouteMiss::NotFound => GatewayError::new(ErrorKind::RouteNotFound, "no route matches this request"),
+            RouteMiss::MethodNotAllowed { allow } => {
+                GatewayError::new(ErrorKind::MethodNotAllowed, "method not allowed on this route")
+                    .with_header(ALLOW, allow)
+            }
+        })?;
+    *route_idx = Some(matched.route);
+    let policy: &RoutePolicy = &runtime.policies[matched.route];
+    policy.metrics.start();
+    let _in_flight = InFlight(policy);
+
+    let client = ClientAddr::resolve(conn.peer, req.headers(), &runtime.trusted_proxies);
+    if !policy.allow_ips.is_empty() && !policy.allow_ips.iter().any(|n| n.contains(client.ip)) {
+        return Err(GatewayError::new(ErrorKind::Forbidden, "client address is not allowed on this route"));
+    }
+    if policy.deny_ips.iter().any(|n| n.contains(client.ip)) {
+        return Err(GatewayError::new(ErrorKind::Forbidden, "client address is denied on this route"));
+    }
+    if policy.requires_auth {
+        // Fail closed: a route that asks for authentication is never served without it.
+        return Err(GatewayError::new(ErrorKind::ServiceUnavailable, "authentication is not available in this build")
+            .with_header(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+    }
+
+    let service = match &policy.action {
+        Action::Proxy(service) => service,
+        Action::Unsupported(why) => return Err(GatewayError::new(ErrorKind::ServiceUnavailable, *why)),
+    };
+
+    if let Some(declared) = declared_length(&req) {
+        if declared > policy.max_body_bytes {
+            return Err(GatewayError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("request body of {declared} bytes is over the {} bytes allowed", policy.max_body_bytes),
+            )
+            .closing());
+        }
+    }
+
+    let upstream_path = runtime.routes.upstream_path(&matched, &path);
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{upstream_path}?{q}"),
+        None => upstream_path.into_owned(),
+    };
+    let (mut parts, body) = req.into_parts();
+    parts.uri = http::Uri::try_from(path_and_query)
+        .map_err(|e| GatewayError::new(ErrorKind::BadRequest, format!("malformed request target: {e}")))?;
+    if !parts.headers.contains_key(HOST) {
+        if let Some(host) = &host {
+            if let Ok(v) = HeaderValue::from_str(host) {
+                parts.headers.insert(HOST, v);
+            }
+        }
+    }
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::set_forwarded(&mut parts.headers, &client, if conn.tls { "https" } else { "http" });
+    parts.headers.insert(X_REQUEST_ID, request_id.header_value().clone());
+    parts.version = Version::HTTP_11;
+    let body = RequestBody::new(body, policy.max_body_bytes, runtime.body_read_timeout);
+    let upstream_req = Request::from_parts(parts, body);
+
+    let endpoint = service.endpoints.pick().ok_or_else(|| {
+        GatewayError::new(ErrorKind::ServiceUnavailable, format!("service {} has no endpoint", service.name))
+    })?;
+    *upstream = Some(endpoint.address().to_owned());
+    let mut response = service.client.send_measured(&endpoint, upstream_req, policy.timeout, &service.metrics).await?;
+    headers::strip_hop_by_hop(response.headers_mut());
+    Ok(response)
+}
+
+struct InFlight<'a>(&'a RoutePolicy);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.finish();
+    }
+}
+
+fn is_grpc(req: &Request<Incoming>) -> bool {
+    req.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn declared_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok())
+}
+
+fn bad_framing(message: &'static str) -> GatewayError {
+    GatewayError::new(ErrorKind::BadRequest, message).closing()
+}
+
+/// SPEC.md "Strict parsing", checked on the head the gateway received, whatever the
+/// parser below already refused.
+fn check_framing(req: &Request<Incoming>) -> Result<(), GatewayError> {
+    let headers = req.headers();
+    let te = headers.get_all(TRANSFER_ENCODING);
+    let mut has_te = false;
+    for value in te.iter() {
+        has_te = true;
+        if !value.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err(bad_framing("transfer-encoding other than chunked"));
+        }
+    }
+    if te.iter().count() > 1 {
+        return Err(bad_framing("transfer-encoding repeated"));
+    }
+    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        if has_te {
+            return Err(bad_framing("both content-length and transfer-encoding"));
+        }
+        if lengths.any(|other| other != first) || first.as_bytes().contains(&b',') {
+            return Err(bad_framing("several content-length values"));
+        }
+    }
+    if req.method() == Method::CONNECT {
+        return Err(GatewayError::new(ErrorKind::BadRequest, "CONNECT is not served by this gateway"));
+    }
+    for (_, value) in headers {
+        if value.as_bytes().iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
+            return Err(bad_framing("control character in a header value"));
+        }
+    }
+    Ok(())
+}
+
+/// The host a request is for: the authority of an absolute-form target (only when it
+/// agrees with `Host`), else `Host`.
+fn routing_host(req: &Request<Incoming>) -> Result<Option<String>, GatewayError> {
+    let header = req.headers().get(HOST).map(|h| h.to_str().map(str::to_owned));
+    let header = match header {
+        Some(Ok(h)) => Some(h),
+        Some(Err(_)) => return Err(GatewayError::new(ErrorKind::BadRequest, "malformed host header")),
+        None => None,
+    };
+    if req.headers().get_all(HOST).iter().count() > 1 {
+        return Err(GatewayError::new(ErrorKind::BadRequest, "several host headers"));
+    }
+    match req.uri().authority() {
+        None => Ok(header),
+        Some(authority) => {
+            if req.version() <= Version::HTTP_11 {
+                let agrees = header.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(authority.as_str()));
+                if !agrees {
+                    return Err(GatewayError::new(
+                        ErrorKind::BadRequest,
+                        "absolute-form target whose authority is not the host header (forward proxying is refused)",
+                    ));
+                }
+            }
+            Ok(Some(authority.as_str().to_owned()))
+        }
+    }
+}
+
+fn access_log(
+    request_id: &RequestId,
+    policy: Option<&RoutePolicy>,
+    method: &Method,
+    path: &str,
+    response: &Response<Body>,
+    upstream: Option<&str>,
+    elapsed: std::time::Duration,
+) {
+    use std::io::Write as _;
+    let bytes =
+        response.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let line = serde_json::json!({
+        "ts": crate::time::now_rfc3339(),
+        "request_id": request_id.as_str(),
+        "route": policy.map(|p| p.name.as_str()),
+        "method": method.as_str(),
+        "path": path,
+        "status": response.status().as_u16(),
+        "upstream": upstream,
+        "duration_ms": elapsed.as_secs_f64() * 1000.0,
+        "bytes": bytes,
+    });
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+}

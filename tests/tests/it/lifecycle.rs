@@ -1,0 +1,110 @@
+//! Reload, admin endpoints, metrics and graceful shutdown.
+
+use std::time::Duration;
+
+use gateway_tests::{Backend, TestGateway};
+
+fn config(backend: &Backend, route_path: &str) -> String {
+    format!(
+        "[services.echo]\nendpoints = [\"http://{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"{route_path}\"\nservice = \"echo\"\n",
+        backend.addr
+    )
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let backend = Backend::start().await;
+    let gw = TestGateway::start(&config(&backend, "/")).await;
+    assert_eq!(gw.admin_get("/healthz").await.status, 200);
+    assert_eq!(gw.admin_get("/readyz").await.status, 200);
+    gw.get("/x").await;
+    let metrics = gw.admin_get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains(r#"gateway_requests_total{route="r",method="GET",status="200"} 1"#), "{text}");
+    assert!(text.contains(r#"gateway_request_duration_seconds_count{route="r"} 1"#), "{text}");
+}
+
+/// Wait for `check` to hold, polling the gateway (the readiness signal here is the
+/// gateway's own answer; there is nothing else to wait on).
+async fn eventually(mut check: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn changed_file_is_reloaded_and_invalid_file_changes_nothing() {
+    let backend = Backend::start().await;
+    let gw = TestGateway::start(&config(&backend, "/old")).await;
+    assert_eq!(gw.get("/old").await.status, 200);
+
+    // A valid change, written as editors do: a new file renamed over the old one.
+    let tmp = gw.config_path.with_extension("tmp");
+    std::fs::write(&tmp, TestGateway::full_config(&config(&backend, "/new"), "")).unwrap();
+    std::fs::rename(&tmp, &gw.config_path).unwrap();
+    assert!(eventually(async || gw.get("/new").await.status == 200).await, "the new route never appeared");
+    assert_eq!(gw.get("/old").await.status, 404);
+    let status = gw.admin_get("/admin/config/status").await.json();
+    assert_eq!(status["version"], 2);
+    assert!(status["last_error"].is_null());
+
+    // A broken file: the running configuration keeps serving and the error is reported.
+    std::fs::write(&gw.config_path, "[[routes]\nname = ").unwrap();
+    assert!(
+        eventually(async || !gw.admin_get("/admin/config/status").await.json()["last_error"].is_null()).await,
+        "the error was never reported"
+    );
+    let status = gw.admin_get("/admin/config/status").await.json();
+    let error = status["last_error"].as_str().unwrap();
+    assert!(error.contains("gateway.toml:1:"), "{error}");
+    assert_eq!(status["version"], 2);
+    assert_eq!(gw.get("/new").await.status, 200);
+    let metrics = gw.admin_get("/metrics").await;
+    assert!(String::from_utf8_lossy(&metrics.body).contains(r#"gateway_config_reloads_total{result="error"} 1"#));
+}
+
+#[tokio::test]
+async fn explicit_reload_reports_errors_and_keeps_serving() {
+    let backend = Backend::start().await;
+    let gw = TestGateway::start(&config(&backend, "/a")).await;
+    std::fs::write(
+        &gw.config_path,
+        TestGateway::full_config(&config(&backend, "/a").replace("echo\"\n", "missing\"\n"), ""),
+    )
+    .unwrap();
+    let errors = gw.handle().reload().await.unwrap_err();
+    assert!(errors[0].message.contains("missing"), "{}", errors[0]);
+    assert_eq!(gw.get("/a").await.status, 200);
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests() {
+    let backend = Backend::start().await;
+    let gw = TestGateway::start(&config(&backend, "/")).await;
+    let addr = gw.addr;
+    let admin = gw.admin_addr;
+    let in_flight = tokio::spawn(async move {
+        let req = http::Request::get("/slow/700").header("host", "a").body(Default::default()).unwrap();
+        gateway_tests::send(addr, req).await
+    });
+    // Wait until the slow request reached the backend, then shut down.
+    assert!(eventually(async || !backend.seen().is_empty()).await);
+    let shutdown = tokio::spawn(gw.shutdown());
+    // While draining, /readyz says 503 and new connections are refused.
+    assert!(
+        eventually(async || {
+            let req = http::Request::get("/readyz").header("host", "a").body(Default::default()).unwrap();
+            gateway_tests::send(admin, req).await.status == 503
+        })
+        .await
+    );
+    let answer = in_flight.await.unwrap();
+    assert_eq!(answer.status, 200, "the in-flight request finished");
+    assert_eq!(&answer.body[..], b"slow");
+    shutdown.await.unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is closed");
+}

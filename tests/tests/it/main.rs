@@ -1,0 +1,8 @@
+//! Black-box tests of the gateway over real sockets. One test binary: every module
+//! shares the fixtures of `gateway-tests`.
+#![allow(clippy::unwrap_used)]
+
+mod framing;
+mod lifecycle;
+mod proxy;
+mod routing;
