@@ -101,7 +101,7 @@ impl UpstreamClient {
         };
         let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         let uri = Uri::builder()
-            .scheme(endpoint.scheme().uri_scheme())
+            .scheme(endpoint.uri_scheme())
             .authority(endpoint.authority().clone())
             .path_and_query(path)
             .build()

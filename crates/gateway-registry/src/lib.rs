@@ -1,6 +1,6 @@
 //! `gateway-registry`: where a service's endpoints come from and which one a request goes to.
 //!
-//! A service's current endpoint set is an [`EndpointSet`] snapshot published through
+//! A service's current endpoint set is a snapshot published through
 //! [`Endpoints`] (an `ArcSwap`), so the proxy never waits on discovery: it loads the
 //! snapshot and asks the load balancer for a pick. Sources (today: static lists) replace
 //! the snapshot when they learn something new.
@@ -20,41 +20,20 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::uri::{Authority, Scheme as UriScheme};
 
-/// How the gateway talks to an endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Scheme {
-    /// HTTP/1.1 in clear (HTTP/2 is never assumed).
-    Http,
-    /// TLS, HTTP/2 when the upstream offers it by ALPN.
-    Https,
-    /// HTTP/2 with prior knowledge, in clear.
-    H2c,
-}
+pub use gateway_config::Scheme;
 
-impl Scheme {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-            Scheme::H2c => "h2c",
-        }
-    }
-
-    /// The scheme written in the URI of the upstream request.
-    pub fn uri_scheme(self) -> UriScheme {
-        match self {
-            Scheme::Https => UriScheme::HTTPS,
-            Scheme::Http | Scheme::H2c => UriScheme::HTTP,
-        }
+/// The scheme written in the URI of the upstream request.
+fn uri_scheme(scheme: Scheme) -> UriScheme {
+    match scheme {
+        Scheme::Https => UriScheme::HTTPS,
+        Scheme::Http | Scheme::H2c => UriScheme::HTTP,
     }
 }
 
 /// Why an endpoint string was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum EndpointError {
-    #[error("endpoint `{0}` must look like scheme://host:port with scheme http, https or h2c")]
-    Malformed(String),
-}
+#[error("{0}")]
+pub struct EndpointError(String);
 
 /// One upstream address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -64,28 +43,17 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Parse `http://host:port`, `https://host[:port]` or `h2c://host:port`.
+    /// Parse `http://host:port`, `https://host[:port]` or `h2c://host:port` (the
+    /// config crate's grammar, so what `gateway check` accepts is what runs).
     pub fn parse(s: &str) -> Result<Self, EndpointError> {
-        let bad = || EndpointError::Malformed(s.to_owned());
-        let (scheme, rest) = s.split_once("://").ok_or_else(bad)?;
-        let scheme = match scheme {
-            "http" => Scheme::Http,
-            "https" => Scheme::Https,
-            "h2c" => Scheme::H2c,
-            _ => return Err(bad()),
-        };
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
-            return Err(bad());
-        }
-        let with_port = if has_port(rest) {
-            rest.to_owned()
-        } else {
-            let port = if scheme == Scheme::Https { 443 } else { 80 };
-            format!("{rest}:{port}")
-        };
-        let authority: Authority = with_port.parse().map_err(|_| bad())?;
-        Ok(Endpoint { scheme, authority })
+        let parsed = gateway_config::Endpoint::parse(s).map_err(EndpointError)?;
+        let authority: Authority = parsed.authority().parse().map_err(|e| EndpointError(format!("{s}: {e}")))?;
+        Ok(Endpoint { scheme: parsed.scheme, authority })
+    }
+
+    /// The scheme of the URI sent upstream (`h2c` is `http` on the wire).
+    pub fn uri_scheme(&self) -> UriScheme {
+        uri_scheme(self.scheme)
     }
 
     pub fn scheme(&self) -> Scheme {
@@ -102,21 +70,11 @@ impl Endpoint {
     }
 }
 
-fn has_port(hostport: &str) -> bool {
-    match hostport.rfind(':') {
-        Some(i) => !hostport[i..].contains(']'),
-        None => false,
-    }
-}
-
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://{}", self.scheme.as_str(), self.authority)
     }
 }
-
-/// One immutable snapshot of a service's endpoints.
-pub type EndpointSet = Arc<[Arc<Endpoint>]>;
 
 /// The live endpoints of one service and its round-robin cursor.
 pub struct Endpoints {

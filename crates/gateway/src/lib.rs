@@ -53,17 +53,28 @@ pub struct Loaded {
 }
 
 /// Read, validate and compile `path`; `Ok(None)` when its content hash is `previous`.
+/// Route table errors (templates, unreachable routes) point at the route's position.
 pub fn load(path: &Path, previous: Option<u64>) -> Result<Option<Loaded>, Vec<ConfigError>> {
-    let Some((config, hash)) = gateway_config::load_if_changed(path, previous)? else {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![ConfigError::at_start(&file, format!("cannot read the configuration file: {e}"))])?;
+    let hash = gateway_config::content_hash(&text);
+    if previous == Some(hash) {
         return Ok(None);
-    };
+    }
+    let config = gateway_config::parse(&file, &text, &|var| std::env::var(var).ok())?;
     let routes = RouteTable::compile(&config).map_err(|errors| {
-        let file = path.display().to_string();
         errors
             .into_iter()
             .map(|e| {
-                let name = config.routes.get(e.route).map(|r| r.name.get_ref().as_str()).unwrap_or("?");
-                ConfigError::at_start(&file, format!("route `{name}`: {}", e.message))
+                let route = &config.routes[e.route];
+                let span = route.path.as_ref().or(route.path_prefix.as_ref()).map_or(route.name.span(), |p| p.span());
+                ConfigError::at_offset(
+                    &file,
+                    &text,
+                    span.start,
+                    format!("route `{}`: {}", route.name.get_ref(), e.message),
+                )
             })
             .collect::<Vec<_>>()
     })?;

@@ -49,6 +49,7 @@ pub struct Runtime {
     pub services: HashMap<String, Arc<ServiceRuntime>>,
     pub trusted_proxies: Vec<IpNet>,
     pub max_body_bytes: u64,
+    pub max_header_bytes: u64,
     pub body_read_timeout: Duration,
     pub unmatched: Arc<RouteMetrics>,
 }
@@ -83,6 +84,7 @@ impl Runtime {
             services,
             trusted_proxies,
             max_body_bytes: config.server.max_body_bytes.get(),
+            max_header_bytes: config.server.max_header_bytes.get(),
             body_read_timeout: config.server.body_read_timeout.get(),
             unmatched: metrics.route(UNMATCHED_ROUTE),
             config: Arc::new(config),

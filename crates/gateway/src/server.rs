@@ -116,7 +116,7 @@ async fn serve_connection(
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
-            .max_buf_size(server_cfg.max_header_bytes.get().max(8192) as usize)
+            .max_buf_size(parser_buffer(server_cfg.max_header_bytes.get()))
             .keep_alive(true);
         let conn = builder.serve_connection(io, svc).with_upgrades();
         tokio::pin!(conn);
@@ -128,6 +128,13 @@ async fn serve_connection(
             }
         }
     }
+}
+
+/// hyper's read buffer limit: well above `max_header_bytes`, so that heads a little over
+/// the limit reach the service and get the documented JSON 414/431. The buffer only
+/// grows when a head needs it.
+fn parser_buffer(max_header_bytes: u64) -> usize {
+    max_header_bytes.saturating_mul(4).clamp(64 * 1024, 1024 * 1024) as usize
 }
 
 struct ConnGuard<'a>(&'a Shared);

@@ -68,6 +68,7 @@ async fn proxy(
     upstream: &mut Option<String>,
 ) -> Result<Response<Body>, GatewayError> {
     check_framing(&req)?;
+    check_head_size(&req, runtime.max_header_bytes)?;
     let host = routing_host(&req)?;
     let path = gateway_router::normalize_path(req.uri().path())
         .map_err(|e| GatewayError::new(ErrorKind::BadRequest, format!("malformed path: {e}")))?;
@@ -194,6 +195,24 @@ fn check_framing(req: &Request<Incoming>) -> Result<(), GatewayError> {
         if value.as_bytes().iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
             return Err(bad_framing("control character in a header value"));
         }
+    }
+    Ok(())
+}
+
+/// `server.max_header_bytes` for the request target (414) and the whole head (431). The
+/// parser's own buffer is larger, so that these answers carry the JSON body; heads past
+/// that buffer get the parser's bare 431.
+fn check_head_size(req: &Request<Incoming>, limit: u64) -> Result<(), GatewayError> {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len()) as u64;
+    if target > limit {
+        return Err(GatewayError::new(ErrorKind::UriTooLong, "request target is too long").closing());
+    }
+    let head: u64 = req.headers().iter().map(|(n, v)| (n.as_str().len() + v.len() + 4) as u64).sum::<u64>()
+        + target
+        + req.method().as_str().len() as u64
+        + 12;
+    if head > limit {
+        return Err(GatewayError::new(ErrorKind::HeadersTooLarge, "request head is too large").closing());
     }
     Ok(())
 }

@@ -80,3 +80,15 @@ fn sigterm_exits_zero_after_draining() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn check_points_route_table_errors_at_the_route() {
+    let path = temp_file(
+        "template",
+        "[services.a]\nendpoints = [\"http://127.0.0.1:1\"]\n\n[[routes]]\nname = \"bad\"\npath = \"/users/{id\"\nservice = \"a\"\n",
+    );
+    let out = gateway().args(["check", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.starts_with(&format!("{}:6:8: route `bad`", path.display())), "{stdout}");
+}

@@ -86,10 +86,24 @@ async fn absolute_form_matching_host_is_served() {
 #[tokio::test]
 async fn oversized_head_is_431() {
     let (backend, gw) = setup().await;
-    let big = "a".repeat(20_000);
+    let big = "a".repeat(200_000);
     let answer =
         raw(gw.addr, format!("GET / HTTP/1.1\r\nhost: a\r\nx-big: {big}\r\n\r\n").as_bytes(), Duration::from_secs(5))
             .await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.80}");
+    assert!(backend.seen().is_empty());
+}
+
+#[tokio::test]
+async fn long_target_is_414_and_large_head_431_with_json() {
+    let (backend, gw) = setup().await;
+    let long = "a".repeat(17_000);
+    let answer = raw(gw.addr, format!("GET /{long} HTTP/1.1\r\nhost: a\r\n\r\n").as_bytes(), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 414"), "{answer:.80}");
+    assert!(answer.contains("uri_too_long"), "{answer:.300}");
+    let big = "b".repeat(17_000);
+    let answer = raw(gw.addr, format!("GET / HTTP/1.1\r\nhost: a\r\nx-big: {big}\r\n\r\n").as_bytes(), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.80}");
+    assert!(answer.contains("headers_too_large"), "{answer:.300}");
     assert!(backend.seen().is_empty());
 }
