@@ -5,6 +5,7 @@
 //! - [`Body`], the concrete response body of the data path: an upstream stream or bytes
 //!   the gateway made itself, without boxing.
 //! - [`RequestId`], taken from a sane `x-request-id` or generated.
+//! - [`Principal`], who a request comes from once authenticated.
 //!
 //! ```
 //! use gateway_core::{ErrorKind, GatewayError, RequestId};
@@ -15,8 +16,10 @@
 
 mod body;
 mod error;
+mod principal;
 mod request_id;
 
 pub use body::{full, Body, BoxError};
 pub use error::{Blame, ErrorKind, GatewayError};
+pub use principal::Principal;
 pub use request_id::{RequestId, X_REQUEST_ID};

@@ -1,0 +1,1 @@
+//! gateway-auth (being written)
