@@ -173,6 +173,8 @@ struct Inner {
     reloads_error: AtomicU64,
     connections_open: AtomicU64,
     connections_total: AtomicU64,
+    tls_handshakes: AtomicU64,
+    tls_handshake_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -208,6 +210,11 @@ impl Metrics {
     pub fn connection_opened(&self) {
         self.inner.connections_open.fetch_add(1, Ordering::Relaxed);
         self.inner.connections_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn tls_handshake(&self, ok: bool) {
+        let counter = if ok { &self.inner.tls_handshakes } else { &self.inner.tls_handshake_failures };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn connection_closed(&self) {
@@ -299,6 +306,18 @@ impl Metrics {
         out.push_str("# HELP gateway_connections_total Client connections accepted.\n");
         out.push_str("# TYPE gateway_connections_total counter\n");
         let _ = writeln!(out, "gateway_connections_total {}", self.inner.connections_total.load(Ordering::Relaxed));
+        out.push_str("# HELP gateway_tls_handshakes_total TLS handshakes, by result.\n");
+        out.push_str("# TYPE gateway_tls_handshakes_total counter\n");
+        let _ = writeln!(
+            out,
+            "gateway_tls_handshakes_total{{result=\"ok\"}} {}",
+            self.inner.tls_handshakes.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "gateway_tls_handshakes_total{{result=\"error\"}} {}",
+            self.inner.tls_handshake_failures.load(Ordering::Relaxed)
+        );
         out
     }
 }

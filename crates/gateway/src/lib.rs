@@ -14,7 +14,9 @@ pub mod demo;
 mod runtime;
 mod server;
 mod service;
+mod strict;
 mod time;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,6 +36,8 @@ pub use runtime::Runtime;
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     pub metrics: Metrics,
+    /// TLS termination, when `server.tls` was set at start.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Why the gateway could not start.
@@ -50,6 +54,8 @@ pub struct Loaded {
     pub config: Config,
     pub routes: RouteTable,
     pub hash: u64,
+    /// The certificates of `server.tls`, read and checked against their keys.
+    pub certificates: Option<tls::Certificates>,
 }
 
 /// Read, validate and compile `path`; `Ok(None)` when its content hash is `previous`.
@@ -78,7 +84,20 @@ pub fn load(path: &Path, previous: Option<u64>) -> Result<Option<Loaded>, Vec<Co
             })
             .collect::<Vec<_>>()
     })?;
-    Ok(Some(Loaded { config, routes, hash }))
+    let base = config_dir(path);
+    let certificates = match &config.server.tls {
+        None => None,
+        Some(setting) => Some(tls::Certificates::load(setting, &base).map_err(|message| {
+            let offset = text.find("tls").unwrap_or(0);
+            vec![ConfigError::at_offset(&file, &text, offset, message)]
+        })?),
+    };
+    Ok(Some(Loaded { config, routes, hash, certificates }))
+}
+
+/// Relative paths in the configuration are relative to its directory.
+fn config_dir(path: &Path) -> PathBuf {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 /// How many worker runtimes `server.workers` asks for.
@@ -97,6 +116,8 @@ struct Control {
     hash: Mutex<Option<u64>>,
     version: AtomicU64,
     reloading: tokio::sync::Mutex<()>,
+    /// The listener's SNI resolver; reloads swap the certificates it holds.
+    certs: Option<Arc<tls::CertResolver>>,
 }
 
 impl Control {
@@ -126,6 +147,13 @@ impl Control {
         if loaded.config.server.listen != old.config.server.listen || loaded.config.admin != old.config.admin {
             tracing::warn!("listener addresses changed: they take effect at the next restart");
         }
+        match (&self.certs, loaded.certificates) {
+            (Some(resolver), Some(certs)) => resolver.replace(certs),
+            (None, Some(_)) | (Some(_), None) => {
+                tracing::warn!("turning TLS on or off takes effect at the next restart");
+            }
+            (None, None) => {}
+        }
         let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
         let runtime =
             Runtime::build(loaded.config, loaded.routes, version, Some(&old), &self.shared.metrics, self.workers);
@@ -147,7 +175,7 @@ pub struct GatewayHandle {
     shutdown: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
     admin_task: tokio::task::JoinHandle<()>,
-    _watcher: Option<gateway_config::ConfigWatcher>,
+    _watchers: Vec<gateway_config::ConfigWatcher>,
 }
 
 /// Load `config_path`, bind the listeners, start the workers and the admin listener,
@@ -169,8 +197,21 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
         .map_err(|source| StartError::Listen { addr: admin_listen, source })?;
     let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Listen { addr: admin_listen, source })?;
 
+    let (certs, tls) = match loaded.certificates {
+        None => (None, None),
+        Some(certificates) => {
+            let resolver = Arc::new(tls::CertResolver::new(certificates));
+            let server_config = tls::server_config(resolver.clone())
+                .map_err(|e| StartError::Config(vec![ConfigError::at_start(&config_path.display().to_string(), e)]))?;
+            (Some(resolver), Some(tokio_rustls::TlsAcceptor::from(server_config)))
+        }
+    };
+    let tls_files = match &loaded.config.server.tls {
+        Some(setting) => tls::files(setting, &config_dir(config_path)),
+        None => Vec::new(),
+    };
     let runtime = Runtime::build(loaded.config, loaded.routes, 1, None, &metrics, workers);
-    let shared = Arc::new(Shared { runtime: ArcSwap::from_pointee(runtime), metrics: metrics.clone() });
+    let shared = Arc::new(Shared { runtime: ArcSwap::from_pointee(runtime), metrics: metrics.clone(), tls });
     let admin = AdminState::new(metrics);
     admin.set_config_status(ConfigStatus { version: 1, loaded_at: time::now_rfc3339(), last_error: None });
     let control = Arc::new(Control {
@@ -181,6 +222,7 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
         hash: Mutex::new(Some(loaded.hash)),
         version: AtomicU64::new(1),
         reloading: tokio::sync::Mutex::new(()),
+        certs,
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -217,7 +259,7 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
         }
     });
 
-    let watcher = watch_config(config_path, control.clone());
+    let watchers = watch_files(config_path, &tls_files, control.clone());
     admin.set_ready(true);
     tracing::info!(%addr, %admin_addr, workers, "gateway started");
     Ok(GatewayHandle {
@@ -227,24 +269,64 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
         shutdown: shutdown_tx,
         workers: threads,
         admin_task,
-        _watcher: watcher,
+        _watchers: watchers,
     })
 }
 
-fn watch_config(path: &Path, control: Arc<Control>) -> Option<gateway_config::ConfigWatcher> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+/// Watch the configuration file, and the certificate files it names: a change of either
+/// reloads. A certificate change alone re-reads the certificates (a bad one is logged and
+/// the old certificates keep serving).
+fn watch_files(config_path: &Path, tls_files: &[PathBuf], control: Arc<Control>) -> Vec<gateway_config::ConfigWatcher> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Trigger>();
+    let task_control = control.clone();
     tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            let _ = control.reload().await;
+        while let Some(trigger) = rx.recv().await {
+            match trigger {
+                Trigger::Config => {
+                    let _ = task_control.reload().await;
+                }
+                Trigger::Certificates => task_control.reload_certificates().await,
+            }
         }
     });
-    match gateway_config::watch(path, move || {
-        let _ = tx.send(());
-    }) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the configuration file; reload with SIGHUP or the admin API");
-            None
+    let mut watchers = Vec::new();
+    let sources = std::iter::once((config_path.to_path_buf(), Trigger::Config))
+        .chain(tls_files.iter().map(|f| (f.clone(), Trigger::Certificates)));
+    for (path, trigger) in sources {
+        let tx = tx.clone();
+        match gateway_config::watch(&path, move || {
+            let _ = tx.send(trigger);
+        }) {
+            Ok(w) => watchers.push(w),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot watch file; reload with SIGHUP or the admin API")
+            }
+        }
+    }
+    watchers
+}
+
+#[derive(Clone, Copy)]
+enum Trigger {
+    Config,
+    Certificates,
+}
+
+impl Control {
+    async fn reload_certificates(&self) {
+        let Some(resolver) = &self.certs else { return };
+        let runtime = self.shared.runtime.load_full();
+        let Some(setting) = runtime.config.server.tls.clone() else { return };
+        let base = config_dir(&self.path);
+        match tokio::task::spawn_blocking(move || tls::Certificates::load(&setting, &base)).await {
+            Ok(Ok(certs)) => {
+                resolver.replace(certs);
+                tracing::info!("TLS certificates reloaded");
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "TLS certificate reload failed; the previous certificates keep serving")
+            }
+            Err(e) => tracing::error!(error = %e, "TLS certificate reload task failed"),
         }
     }
 }

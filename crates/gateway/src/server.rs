@@ -1,6 +1,6 @@
 //! Listeners and connections: one current-thread runtime per worker, each with its own
-//! `SO_REUSEPORT` listener, HTTP/1.1 by default and h2c when the connection opens with
-//! the HTTP/2 preface.
+//! `SO_REUSEPORT` listener. In clear: HTTP/1.1, or h2c when the connection opens with the
+//! HTTP/2 preface. Over TLS: HTTP/2 or HTTP/1.1 as ALPN chose.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,10 +10,12 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::service::{handle, ConnInfo};
+use crate::strict::{StrictIo, Verdicts};
 use crate::Shared;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -73,36 +75,64 @@ pub async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, mut shu
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
     shared.metrics.connection_opened();
-    let _guard = ConnGuard(&shared);
+    let _guard = ConnGuard(shared.clone());
+    let header_timeout = shared.runtime.load().config.server.header_read_timeout.get();
+
+    match shared.tls.clone() {
+        None => {
+            let is_h2 = match tokio::time::timeout(header_timeout, sniff_h2(&stream)).await {
+                Ok(Ok(is_h2)) => is_h2,
+                _ => return,
+            };
+            let conn = ConnInfo { peer: peer.ip(), tls: false };
+            serve_http(stream, is_h2, conn, shared, shutdown).await;
+        }
+        Some(acceptor) => {
+            let stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    shared.metrics.tls_handshake(false);
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    shared.metrics.tls_handshake(false);
+                    return;
+                }
+            };
+            shared.metrics.tls_handshake(true);
+            let is_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let conn = ConnInfo { peer: peer.ip(), tls: true };
+            serve_http(stream, is_h2, conn, shared, shutdown).await;
+        }
+    }
+}
+
+/// Serve HTTP/2 or HTTP/1.1 on an accepted (and, for TLS, handshaken) connection until
+/// it closes or shutdown asks it to finish.
+async fn serve_http<I>(io: I, is_h2: bool, conn: ConnInfo, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let server_cfg = shared.runtime.load().config.server.clone();
-    let header_timeout = server_cfg.header_read_timeout.get();
-
-    let is_h2 = match tokio::time::timeout(header_timeout, sniff_h2(&stream)).await {
-        Ok(Ok(is_h2)) => is_h2,
-        _ => return,
-    };
-    let conn = ConnInfo { peer: peer.ip(), tls: false };
-    let svc_shared = shared.clone();
-    let svc = service_fn(move |req| handle(req, conn, svc_shared.clone()));
-    let io = TokioIo::new(stream);
-
     if is_h2 {
+        let svc_shared = shared.clone();
+        let svc = service_fn(move |req| handle(req, conn, None, svc_shared.clone()));
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
             .max_concurrent_streams(server_cfg.http2.max_concurrent_streams)
             .max_header_list_size(server_cfg.http2.max_header_list_bytes)
+            // Rapid-reset (CVE-2023-44487) and CONTINUATION floods: hyper/h2 bound these;
+            // keep the bounds explicit.
+            .max_pending_accept_reset_streams(Some(50))
+            .max_local_error_reset_streams(Some(256))
             .keep_alive_interval(Some(server_cfg.idle_timeout.get()))
             .keep_alive_timeout(Duration::from_secs(20));
-        let conn = builder.serve_connection(io, svc);
+        let conn = builder.serve_connection(TokioIo::new(io), svc);
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => {}
@@ -112,13 +142,19 @@ async fn serve_connection(
             }
         }
     } else {
+        // The head inspector sees the raw bytes hyper parses, so ambiguities hyper would
+        // smooth over (CL with TE, `#`, bare LF) still get their 400.
+        let verdicts = Verdicts::default();
+        let io = StrictIo::new(io, verdicts.clone());
+        let svc_shared = shared.clone();
+        let svc = service_fn(move |req| handle(req, conn, Some(verdicts.clone()), svc_shared.clone()));
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
+            .header_read_timeout(server_cfg.header_read_timeout.get())
             .max_buf_size(parser_buffer(server_cfg.max_header_bytes.get()))
             .keep_alive(true);
-        let conn = builder.serve_connection(io, svc).with_upgrades();
+        let conn = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => {}
@@ -137,9 +173,9 @@ fn parser_buffer(max_header_bytes: u64) -> usize {
     max_header_bytes.saturating_mul(4).clamp(64 * 1024, 1024 * 1024) as usize
 }
 
-struct ConnGuard<'a>(&'a Shared);
+struct ConnGuard(Arc<Shared>);
 
-impl Drop for ConnGuard<'_> {
+impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.0.metrics.connection_closed();
     }

@@ -7,11 +7,12 @@ use std::time::Instant;
 use gateway_core::{Body, ErrorKind, GatewayError, RequestId, X_REQUEST_ID};
 use gateway_proxy::{headers, ClientAddr, RequestBody};
 use gateway_router::RouteMiss;
-use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
+use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::runtime::{Action, RoutePolicy, Runtime};
+use crate::strict::Verdicts;
 use crate::Shared;
 
 /// Facts about the client connection every request on it shares.
@@ -25,6 +26,7 @@ pub struct ConnInfo {
 pub async fn handle(
     req: Request<Incoming>,
     conn: ConnInfo,
+    verdicts: Option<Verdicts>,
     shared: Arc<Shared>,
 ) -> Result<Response<Body>, hyper::Error> {
     let started = Instant::now();
@@ -37,7 +39,13 @@ pub async fn handle(
 
     let mut route_idx = None;
     let mut upstream = None;
-    let result = proxy(req, conn, &runtime, &request_id, &mut route_idx, &mut upstream).await;
+    // The raw-head verdict of this request (HTTP/1 only), popped whatever happens next
+    // so the queue stays in step with the requests.
+    let verdict = verdicts.map(|v| v.pop());
+    let result = match verdict.and_then(|v| v.problem) {
+        Some(problem) => Err(bad_framing(problem.message())),
+        None => proxy(req, conn, &runtime, &request_id, &mut route_idx, &mut upstream).await,
+    };
     let mut response = match result {
         Ok(resp) => resp,
         Err(err) => {
@@ -164,37 +172,11 @@ fn bad_framing(message: &'static str) -> GatewayError {
     GatewayError::new(ErrorKind::BadRequest, message).closing()
 }
 
-/// SPEC.md "Strict parsing", checked on the head the gateway received, whatever the
-/// parser below already refused.
+/// What the raw-head inspector (`strict.rs`) cannot judge: the method. Framing itself
+/// (content-length, transfer-encoding, line endings, `#`) is judged on the raw bytes.
 fn check_framing(req: &Request<Incoming>) -> Result<(), GatewayError> {
-    let headers = req.headers();
-    let te = headers.get_all(TRANSFER_ENCODING);
-    let mut has_te = false;
-    for value in te.iter() {
-        has_te = true;
-        if !value.as_bytes().eq_ignore_ascii_case(b"chunked") {
-            return Err(bad_framing("transfer-encoding other than chunked"));
-        }
-    }
-    if te.iter().count() > 1 {
-        return Err(bad_framing("transfer-encoding repeated"));
-    }
-    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
-    if let Some(first) = lengths.next() {
-        if has_te {
-            return Err(bad_framing("both content-length and transfer-encoding"));
-        }
-        if lengths.any(|other| other != first) || first.as_bytes().contains(&b',') {
-            return Err(bad_framing("several content-length values"));
-        }
-    }
     if req.method() == Method::CONNECT {
-        return Err(GatewayError::new(ErrorKind::BadRequest, "CONNECT is not served by this gateway"));
-    }
-    for (_, value) in headers {
-        if value.as_bytes().iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
-            return Err(bad_framing("control character in a header value"));
-        }
+        return Err(GatewayError::new(ErrorKind::BadRequest, "CONNECT is not served by this gateway").closing());
     }
     Ok(())
 }
@@ -238,7 +220,8 @@ fn routing_host(req: &Request<Incoming>) -> Result<Option<String>, GatewayError>
                     return Err(GatewayError::new(
                         ErrorKind::BadRequest,
                         "absolute-form target whose authority is not the host header (forward proxying is refused)",
-                    ));
+                    )
+                    .closing());
                 }
             }
             Ok(Some(authority.as_str().to_owned()))

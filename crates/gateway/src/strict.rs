@@ -28,9 +28,11 @@ use std::task::{ready, Context, Poll};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Past this size a head is refused by hyper anyway (its read buffer is smaller), so
-/// scanning further would only cost work.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Past this size a head is refused by hyper anyway, so scanning further would only
+/// cost work. It must be at least hyper's read buffer (`max_buf_size`, at most 1 MiB
+/// as `server.rs` sets it): a head hyper can parse but the scanner gave up on would get
+/// no verdict, and so no check.
+const MAX_HEAD_BYTES: usize = 1024 * 1024;
 
 /// Longest header name kept; the names we look for are all shorter.
 const NAME_CAP: usize = 32;
@@ -111,10 +113,6 @@ pin_project! {
 impl<T> StrictIo<T> {
     pub fn new(inner: T, verdicts: Verdicts) -> Self {
         Self { inner, scanner: HeadScanner::default(), verdicts }
-    }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
     }
 }
 
@@ -860,5 +858,47 @@ mod tests {
         io.shutdown().await.unwrap();
         drop(io);
         assert_eq!(writer.await.unwrap(), b"HTTP/1.1 400 Bad Request\r\n\r\n");
+    }
+
+    /// The wiring the gateway uses: hyper reads through `StrictIo`, and the verdict for
+    /// each request is queued by the time hyper calls the service.
+    #[tokio::test]
+    async fn hyper_sees_verdicts_in_order() {
+        use bytes::Bytes;
+        use http_body_util::Full;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let (mut client, server) = tokio::io::duplex(1024);
+        let verdicts = Verdicts::default();
+        let io = hyper_util::rt::TokioIo::new(StrictIo::new(server, verdicts.clone()));
+        let service = hyper::service::service_fn(move |_request| {
+            let response = match verdicts.pop().problem {
+                Some(problem) => http::Response::builder()
+                    .status(400)
+                    .header("connection", "close")
+                    .body(Full::new(Bytes::from(problem.message()))),
+                None => http::Response::builder().body(Full::new(Bytes::from("ok"))),
+            };
+            async move { response }
+        });
+        let connection = tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
+
+        // hyper itself accepts all three heads; it would hand the third one on with
+        // `content-length` silently dropped.
+        client
+            .write_all(
+                b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc\
+                  GET /b HTTP/1.1\r\n\r\n\
+                  POST /c HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut replies = Vec::new();
+        client.read_to_end(&mut replies).await.unwrap();
+        let replies = String::from_utf8(replies).unwrap();
+        let statuses: Vec<&str> = replies.split("HTTP/1.1 ").skip(1).map(|reply| &reply[..3]).collect();
+        assert_eq!(statuses, ["200", "200", "400"], "{replies}");
+        assert!(replies.ends_with(ContentLengthWithTransferEncoding.message()), "{replies}");
+        connection.await.unwrap().unwrap();
     }
 }

@@ -21,7 +21,6 @@ async fn assert_refused(gw: &TestGateway, backend: &Backend, request: &str) {
 }
 
 #[tokio::test]
-#[ignore = "needs the raw head inspector (strict.rs), being wired in"]
 async fn content_length_with_transfer_encoding_is_400() {
     let (backend, gw) = setup().await;
     assert_refused(
@@ -61,7 +60,6 @@ async fn obs_fold_and_nul_in_head_are_400() {
 }
 
 #[tokio::test]
-#[ignore = "needs the raw head inspector (strict.rs), being wired in"]
 async fn fragment_in_target_is_400() {
     let (backend, gw) = setup().await;
     assert_refused(&gw, &backend, "GET /a#frag HTTP/1.1\r\nhost: a\r\n\r\n").await;
@@ -98,12 +96,39 @@ async fn oversized_head_is_431() {
 async fn long_target_is_414_and_large_head_431_with_json() {
     let (backend, gw) = setup().await;
     let long = "a".repeat(17_000);
-    let answer = raw(gw.addr, format!("GET /{long} HTTP/1.1\r\nhost: a\r\n\r\n").as_bytes(), Duration::from_secs(5)).await;
+    let answer =
+        raw(gw.addr, format!("GET /{long} HTTP/1.1\r\nhost: a\r\n\r\n").as_bytes(), Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 414"), "{answer:.80}");
     assert!(answer.contains("uri_too_long"), "{answer:.300}");
     let big = "b".repeat(17_000);
-    let answer = raw(gw.addr, format!("GET / HTTP/1.1\r\nhost: a\r\nx-big: {big}\r\n\r\n").as_bytes(), Duration::from_secs(5)).await;
+    let answer =
+        raw(gw.addr, format!("GET / HTTP/1.1\r\nhost: a\r\nx-big: {big}\r\n\r\n").as_bytes(), Duration::from_secs(5))
+            .await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.80}");
     assert!(answer.contains("headers_too_large"), "{answer:.300}");
     assert!(backend.seen().is_empty());
+}
+
+#[tokio::test]
+async fn bare_lf_in_head_is_400() {
+    let (backend, gw) = setup().await;
+    assert_refused(&gw, &backend, "GET / HTTP/1.1\r\nhost: a\nx-other: b\r\n\r\n").await;
+}
+
+#[tokio::test]
+async fn pipelined_requests_with_bodies_are_each_judged() {
+    let (backend, gw) = setup().await;
+    // A clean POST with a body, then a smuggling attempt on the same connection: the
+    // first is served, the second refused, and only the first reaches the backend.
+    let answer = raw(
+        gw.addr,
+        b"POST /one HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhelloGET /two#x HTTP/1.1\r\nhost: a\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("HTTP/1.1 400"), "{answer}");
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, "/one");
 }
