@@ -1,5 +1,6 @@
 use std::cell::Cell;
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gateway_core::{Body, ErrorKind, GatewayError};
@@ -7,6 +8,7 @@ use gateway_registry::{Endpoint, Scheme};
 use gateway_telemetry::{Outcome, ServiceMetrics};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -33,6 +35,8 @@ pub struct UpstreamSettings {
     /// How long an unused pooled connection is kept.
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// TLS for `https` endpoints; `None` when the service has none.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for UpstreamSettings {
@@ -41,15 +45,19 @@ impl Default for UpstreamSettings {
             connect_timeout: Duration::from_secs(1),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 256,
+            tls: None,
         }
     }
 }
 
-type Http1Client = Client<HttpConnector, RequestBody>;
+type PlainClient = Client<HttpConnector, RequestBody>;
+type TlsClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
 struct WorkerPools {
-    http1: Http1Client,
-    h2c: Http1Client,
+    http1: PlainClient,
+    h2c: PlainClient,
+    /// ALPN picks HTTP/2 or HTTP/1.1 per connection.
+    https: Option<TlsClient>,
 }
 
 /// The keep-alive pools of one service: one set per worker runtime, so each pooled
@@ -73,8 +81,18 @@ impl UpstreamClient {
                     .pool_idle_timeout(settings.pool_idle_timeout)
                     .pool_max_idle_per_host(settings.pool_max_idle_per_host);
                 let http1 = builder.build(connector.clone());
-                let h2c = builder.clone().http2_only(true).build(connector);
-                WorkerPools { http1, h2c }
+                let h2c = builder.clone().http2_only(true).build(connector.clone());
+                let https = settings.tls.as_ref().map(|tls| {
+                    let mut tcp = connector;
+                    tcp.enforce_http(false);
+                    let https = HttpsConnectorBuilder::new()
+                        .with_tls_config(rustls::ClientConfig::clone(tls))
+                        .https_only()
+                        .enable_all_versions()
+                        .wrap_connector(tcp);
+                    builder.build(https)
+                });
+                WorkerPools { http1, h2c, https }
             })
             .collect();
         UpstreamClient { pools }
@@ -89,16 +107,6 @@ impl UpstreamClient {
         timeout: Duration,
     ) -> Result<Response<Body>, GatewayError> {
         let pools = &self.pools[worker_index() % self.pools.len()];
-        let client = match endpoint.scheme() {
-            Scheme::Http => &pools.http1,
-            Scheme::H2c => &pools.h2c,
-            Scheme::Https => {
-                return Err(GatewayError::new(
-                    ErrorKind::BadGateway,
-                    "https upstreams are not supported by this build yet",
-                ))
-            }
-        };
         let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         let uri = Uri::builder()
             .scheme(endpoint.uri_scheme())
@@ -107,7 +115,18 @@ impl UpstreamClient {
             .build()
             .map_err(|e| GatewayError::new(ErrorKind::BadRequest, format!("cannot build upstream uri: {e}")))?;
         *req.uri_mut() = uri;
-        match tokio::time::timeout(timeout, client.request(req)).await {
+        let request = match (endpoint.scheme(), &pools.https) {
+            (Scheme::Http, _) => pools.http1.request(req),
+            (Scheme::H2c, _) => {
+                *req.version_mut() = http::Version::HTTP_2;
+                pools.h2c.request(req)
+            }
+            (Scheme::Https, Some(https)) => https.request(req),
+            (Scheme::Https, None) => {
+                return Err(GatewayError::new(ErrorKind::BadGateway, "no TLS settings for an https endpoint"));
+            }
+        };
+        match tokio::time::timeout(timeout, request).await {
             Ok(Ok(resp)) if has_ambiguous_framing(resp.headers()) => {
                 // Dropping the unread response also keeps its connection out of the pool.
                 Err(GatewayError::new(

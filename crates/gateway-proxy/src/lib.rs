@@ -1,7 +1,7 @@
 //! `gateway-proxy`: sending a routed request to an upstream endpoint and its answer back.
 //!
 //! - [`UpstreamClient`]: keep-alive pools per service (one per worker runtime, so a
-//!   connection is driven by the thread that uses it), HTTP/1.1 or h2c.
+//!   connection is driven by the thread that uses it): HTTP/1.1, h2c, or TLS with ALPN.
 //! - [`RequestBody`]: the client's body streamed upstream, never buffered, cut off with
 //!   413 past `max_body_bytes` and 408 when it stalls past `body_read_timeout`.
 //! - [`headers`]: hop-by-hop hygiene and the `x-forwarded-*` family.
@@ -20,7 +20,9 @@ mod body;
 mod client;
 mod client_addr;
 pub mod headers;
+mod tls;
 
 pub use body::{BodyLimitError, RequestBody};
 pub use client::{set_worker_index, worker_index, UpstreamClient, UpstreamSettings};
 pub use client_addr::ClientAddr;
+pub use tls::client_config as tls_client_config;

@@ -11,6 +11,7 @@
 //! ```
 
 pub mod demo;
+mod idle;
 mod runtime;
 mod server;
 mod service;

@@ -51,6 +51,7 @@ pub struct Runtime {
     pub max_body_bytes: u64,
     pub max_header_bytes: u64,
     pub body_read_timeout: Duration,
+    pub idle_timeout: Duration,
     pub unmatched: Arc<RouteMetrics>,
 }
 
@@ -86,6 +87,7 @@ impl Runtime {
             max_body_bytes: config.server.max_body_bytes.get(),
             max_header_bytes: config.server.max_header_bytes.get(),
             body_read_timeout: config.server.body_read_timeout.get(),
+            idle_timeout: config.server.idle_timeout.get(),
             unmatched: metrics.route(UNMATCHED_ROUTE),
             config: Arc::new(config),
         }

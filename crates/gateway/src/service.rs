@@ -7,8 +7,8 @@ use std::time::Instant;
 use gateway_core::{Body, ErrorKind, GatewayError, RequestId, X_REQUEST_ID};
 use gateway_proxy::{headers, ClientAddr, RequestBody};
 use gateway_router::RouteMiss;
-use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST};
-use http::{Method, Request, Response, Version};
+use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, UPGRADE};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::runtime::{Action, RoutePolicy, Runtime};
@@ -68,7 +68,7 @@ pub async fn handle(
 }
 
 async fn proxy(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     conn: ConnInfo,
     runtime: &Runtime,
     request_id: &RequestId,
@@ -78,7 +78,10 @@ async fn proxy(
     check_framing(&req)?;
     check_head_size(&req, runtime.max_header_bytes)?;
     let host = routing_host(&req)?;
-    let path = gateway_router::normalize_path(req.uri().path())
+    // The URI is cheap to clone (shared bytes) and lets the normalised path borrow from it
+    // while the request moves on.
+    let uri = req.uri().clone();
+    let path = gateway_router::normalize_path(uri.path())
         .map_err(|e| GatewayError::new(ErrorKind::BadRequest, format!("malformed path: {e}")))?;
     let matched =
         runtime.routes.find(host.as_deref(), req.method(), &path, req.headers()).map_err(|miss| match miss {
@@ -121,8 +124,13 @@ async fn proxy(
         }
     }
 
+    // A protocol upgrade (WebSocket) keeps its Upgrade headers, and the tunnel opens only
+    // once the upstream answered 101.
+    let upgrade = upgrade_protocol(&req);
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+
     let upstream_path = runtime.routes.upstream_path(&matched, &path);
-    let path_and_query = match req.uri().query() {
+    let path_and_query = match uri.query() {
         Some(q) => format!("{upstream_path}?{q}"),
         None => upstream_path.into_owned(),
     };
@@ -137,6 +145,10 @@ async fn proxy(
         }
     }
     headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = &upgrade {
+        parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(UPGRADE, protocol.clone());
+    }
     headers::set_forwarded(&mut parts.headers, &client, if conn.tls { "https" } else { "http" });
     parts.headers.insert(X_REQUEST_ID, request_id.header_value().clone());
     parts.version = Version::HTTP_11;
@@ -148,8 +160,67 @@ async fn proxy(
     })?;
     *upstream = Some(endpoint.address().to_owned());
     let mut response = service.client.send_measured(&endpoint, upstream_req, policy.timeout, &service.metrics).await?;
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let upstream_protocol = response.headers().get(UPGRADE).cloned();
     headers::strip_hop_by_hop(response.headers_mut());
+    match (client_upgrade, switching) {
+        (Some(client_upgrade), true) => {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(protocol) = upstream_protocol {
+                response.headers_mut().insert(UPGRADE, protocol);
+            }
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, runtime.idle_timeout));
+        }
+        (Some(_), false) => {
+            // The upgrade was refused: the rest of this connection is not inspected
+            // (strict.rs stops at an Upgrade header), so it must not carry more requests.
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        (None, true) => {
+            return Err(GatewayError::new(ErrorKind::BadGateway, "upstream switched protocols unasked"));
+        }
+        (None, false) => {}
+    }
     Ok(response)
+}
+
+/// The protocol a request asks to switch to (`Connection: upgrade` with `Upgrade`), HTTP/1.1 only.
+fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        req.headers().get(UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Copy bytes both ways between the client's and the upstream's upgraded connections
+/// until either side closes, or nothing moved either way for `idle`.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, idle: std::time::Duration) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let activity = crate::idle::Activity::new();
+    let mut client = activity.watch(hyper_util::rt::TokioIo::new(client));
+    let mut upstream = activity.watch(hyper_util::rt::TokioIo::new(upstream));
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+        _ = activity.idle_for(idle) => tracing::debug!("tunnel idle; closing"),
+    }
 }
 
 struct InFlight<'a>(&'a RoutePolicy);
