@@ -10,6 +10,7 @@
 //! # }
 //! ```
 
+mod admin;
 pub mod demo;
 mod idle;
 mod runtime;
@@ -122,6 +123,12 @@ struct Control {
 }
 
 impl Control {
+    /// Reload and report the version now serving (an unchanged file keeps its version).
+    async fn reload_now(&self) -> Result<u64, Vec<ConfigError>> {
+        let version = self.reload().await?;
+        Ok(version.unwrap_or_else(|| self.version.load(Ordering::SeqCst)))
+    }
+
     /// Reload from the file: all or nothing. `Ok(None)` when the content did not change.
     async fn reload(&self) -> Result<Option<u64>, Vec<ConfigError>> {
         let _one_at_a_time = self.reloading.lock().await;
@@ -155,6 +162,7 @@ impl Control {
             }
             (None, None) => {}
         }
+        self.admin.set_token(loaded.config.admin.token.clone());
         let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
         let runtime =
             Runtime::build(loaded.config, loaded.routes, version, Some(&old), &self.shared.metrics, self.workers);
@@ -211,20 +219,25 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
         Some(setting) => tls::files(setting, &config_dir(config_path)),
         None => Vec::new(),
     };
+    let admin_token = loaded.config.admin.token.clone();
     let runtime = Runtime::build(loaded.config, loaded.routes, 1, None, &metrics, workers);
     let shared = Arc::new(Shared { runtime: ArcSwap::from_pointee(runtime), metrics: metrics.clone(), tls });
-    let admin = AdminState::new(metrics);
-    admin.set_config_status(ConfigStatus { version: 1, loaded_at: time::now_rfc3339(), last_error: None });
-    let control = Arc::new(Control {
-        shared: shared.clone(),
-        admin: admin.clone(),
-        path: config_path.to_path_buf(),
-        workers,
-        hash: Mutex::new(Some(loaded.hash)),
-        version: AtomicU64::new(1),
-        reloading: tokio::sync::Mutex::new(()),
-        certs,
+    let control = Arc::new_cyclic(|weak| {
+        let view = admin::AdminView { shared: shared.clone(), control: weak.clone() };
+        let admin = AdminState::new(metrics, Arc::new(view), admin_token);
+        admin.set_config_status(ConfigStatus { version: 1, loaded_at: time::now_rfc3339(), last_error: None });
+        Control {
+            shared: shared.clone(),
+            admin,
+            path: config_path.to_path_buf(),
+            workers,
+            hash: Mutex::new(Some(loaded.hash)),
+            version: AtomicU64::new(1),
+            reloading: tokio::sync::Mutex::new(()),
+            certs,
+        }
     });
+    let admin = control.admin.clone();
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut threads = Vec::with_capacity(workers);
@@ -335,8 +348,7 @@ impl Control {
 impl GatewayHandle {
     /// Reload the configuration file now. `Ok(version)`; an unchanged file keeps its version.
     pub async fn reload(&self) -> Result<u64, Vec<ConfigError>> {
-        let version = self.control.reload().await?;
-        Ok(version.unwrap_or_else(|| self.control.version.load(Ordering::SeqCst)))
+        self.control.reload_now().await
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -108,3 +108,98 @@ async fn shutdown_drains_in_flight_requests() {
     shutdown.await.unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is closed");
 }
+
+#[tokio::test]
+async fn admin_api_lists_routes_services_and_redacted_config() {
+    let backend = Backend::start().await;
+    let config = format!(
+        "{}\n[auth.keys]\ntype = \"api_key\"\nheader = \"x-api-key\"\nkeys = [{{ consumer = \"acme\", sha256 = \"{}\" }}]\n",
+        config(&backend, "/"),
+        "ab".repeat(32)
+    );
+    let gw = TestGateway::start(&config).await;
+    let routes = gw.admin_get("/admin/routes").await.json();
+    assert_eq!(routes[0]["name"], "r");
+    assert_eq!(routes[0]["path_prefix"], "/");
+    let services = gw.admin_get("/admin/services").await.json();
+    assert_eq!(services[0]["name"], "echo");
+    let endpoint = &services[0]["endpoints"][0];
+    assert_eq!(endpoint["address"], backend.addr.to_string());
+    assert_eq!(endpoint["healthy"], true);
+    assert_eq!(endpoint["circuit"], "closed");
+    assert!(endpoint["in_flight"].is_u64());
+    let config = gw.admin_get("/admin/config").await.json();
+    assert_eq!(config["version"], 1);
+    assert!(config["loaded_at"].is_string());
+    assert_eq!(config["config"]["auth"]["keys"]["keys"][0]["sha256"], "***");
+    assert!(!config.to_string().contains(&"ab".repeat(32)), "a key digest leaked");
+    let missing = gw.admin_get("/admin/nothing").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.error_code(), "not_found");
+}
+
+#[tokio::test]
+async fn admin_reload_answers_the_version_or_400_with_errors() {
+    let backend = Backend::start().await;
+    let gw = TestGateway::start(&config(&backend, "/a")).await;
+    let post = |body: &'static str| {
+        http::Request::post("/admin/reload")
+            .header("host", "admin")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap()
+    };
+    std::fs::write(&gw.config_path, TestGateway::full_config(&config(&backend, "/b"), "")).unwrap();
+    let ok = gateway_tests::send(gw.admin_addr, post("")).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.json()["version"], 2);
+    std::fs::write(&gw.config_path, "[[routes]]\nname = 1\n").unwrap();
+    let bad = gateway_tests::send(gw.admin_addr, post("")).await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["error"]["message"].as_str().unwrap().contains("gateway.toml:2:"), "{:?}", bad.json());
+    assert_eq!(gw.get("/b").await.status, 200, "the old configuration keeps serving");
+}
+
+#[tokio::test]
+async fn admin_token_guards_admin_api_but_not_health() {
+    let backend = Backend::start().await;
+    let dir = gateway_tests::TempDir::new();
+    let path = dir.0.join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret-token\"\n{}",
+            config(&backend, "/")
+        ),
+    )
+    .unwrap();
+    let handle = gateway::start(&path).await.unwrap();
+    let get = |path: &str, token: Option<&str>| {
+        let mut req = http::Request::get(path).header("host", "admin");
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        gateway_tests::send(handle.admin_addr, req.body(Default::default()).unwrap())
+    };
+    assert_eq!(get("/healthz", None).await.status, 200);
+    assert_eq!(get("/metrics", None).await.status, 200);
+    let refused = get("/admin/routes", None).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(get("/admin/routes", Some("wrong")).await.status, 401);
+    assert_eq!(get("/admin/routes", Some("s3cret-token")).await.status, 200);
+    let config = get("/admin/config", Some("s3cret-token")).await.json();
+    assert_eq!(config["config"]["admin"]["token"], "***");
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn dashboard_is_served_as_one_html_page() {
+    let backend = Backend::start().await;
+    let gw = TestGateway::start(&config(&backend, "/")).await;
+    let page = gw.admin_get("/").await;
+    assert_eq!(page.status, 200);
+    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    let html = String::from_utf8_lossy(&page.body);
+    assert!(html.contains("/admin/routes") && html.contains("/admin/services"));
+    assert!(!html.contains("http://") && !html.contains("https://"), "no external resources");
+}
