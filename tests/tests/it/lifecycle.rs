@@ -203,3 +203,53 @@ async fn dashboard_is_served_as_one_html_page() {
     assert!(html.contains("/admin/routes") && html.contains("/admin/services"));
     assert!(!html.contains("http://") && !html.contains("https://"), "no external resources");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reloads_under_steady_load_fail_no_request() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let backend = Backend::start().await;
+    let gw = TestGateway::start(&config(&backend, "/")).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (stop, served, addr) = (stop.clone(), served.clone(), gw.addr);
+        clients.push(tokio::spawn(async move {
+            // One keep-alive connection per client, as real clients hold them.
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+            tokio::spawn(conn);
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let req =
+                    http::Request::get("/x").header("host", "a").body(http_body_util::Empty::<bytes::Bytes>::new());
+                match sender.send_request(req.unwrap()).await {
+                    Ok(resp) if resp.status() == 200 => {
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(resp) => failures.push(format!("status {}", resp.status())),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            failures
+        }));
+    }
+    // 50 reloads, each a real change (the timeout alternates), each applied.
+    for i in 0..50u64 {
+        let text = config(&backend, "/")
+            .replace("[services.echo]", &format!("[services.echo]\ntimeout = \"{}s\"", 10 + i % 2));
+        std::fs::write(&gw.config_path, TestGateway::full_config(&text, "")).unwrap();
+        gw.handle().reload().await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        let failures = client.await.unwrap();
+        assert!(failures.is_empty(), "failed requests during reloads: {failures:?}");
+    }
+    assert!(served.load(Ordering::Relaxed) > 50, "the clients were actually sending");
+    let status = gw.admin_get("/admin/config/status").await.json();
+    assert_eq!(status["version"], 51);
+}
