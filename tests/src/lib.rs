@@ -25,10 +25,12 @@
 mod backend;
 mod client;
 mod gateway;
+mod servers;
 
 pub use backend::{Backend, Seen};
 pub use client::{raw, send, Answer};
 pub use gateway::TestGateway;
+pub use servers::{shared_redis, RedisServer};
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(pub std::path::PathBuf);

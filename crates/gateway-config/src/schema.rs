@@ -585,6 +585,8 @@ pub struct Route {
     pub rate_limit: Vec<Spanned<String>>,
     pub timeout: Option<Duration>,
     pub max_body_bytes: Option<ByteSize>,
+    /// Requests of this route served at once; past it, 503 at once instead of queueing.
+    pub max_in_flight: Option<u32>,
     pub split: Option<Vec<SplitTarget>>,
     pub sticky_on: Option<String>,
     pub mirror: Option<Mirror>,

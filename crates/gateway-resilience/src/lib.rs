@@ -8,7 +8,7 @@
 //! - [`CircuitBreaker`] (one per endpoint): closed → open when the failure ratio over a
 //!   sliding window or a run of consecutive failures reaches its threshold; open fails fast
 //!   for a period that doubles per consecutive trip (capped); half-open lets a few probes
-//!   decide. Forced states serve the admin API. See the [`circuit`] module for the details:
+//!   decide. Forced states serve the admin API. See [`CircuitBreaker`] for the details:
 //!   what a dropped [`Permit`] means, the growth cap, the locking.
 //! - [`RetryPolicy`] (per service): `attempts` **counts the first try** (`attempts = 2` is
 //!   one retry), `retry_on`, `per_try_timeout`, exponential back-off with full jitter.
@@ -59,7 +59,7 @@
 #![warn(missing_docs)]
 
 mod budget;
-pub mod circuit;
+mod circuit;
 mod retry;
 mod status;
 

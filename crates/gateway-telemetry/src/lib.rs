@@ -105,6 +105,7 @@ pub struct RouteMetrics {
     requests: [[AtomicU64; STATUS_SLOTS]; METHODS.len()],
     duration: Histogram,
     in_flight: AtomicU64,
+    rate_limited: AtomicU64,
 }
 
 impl RouteMetrics {
@@ -114,7 +115,13 @@ impl RouteMetrics {
             requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             duration: Histogram::default(),
             in_flight: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
         }
+    }
+
+    /// Count a request refused by a rate limit.
+    pub fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Count one finished request.
@@ -123,8 +130,9 @@ impl RouteMetrics {
         self.duration.observe(elapsed);
     }
 
-    pub fn start(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    /// A request entered the route; returns how many are in flight now, this one included.
+    pub fn start(&self) -> u64 {
+        self.in_flight.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     pub fn finish(&self) {
@@ -260,6 +268,17 @@ impl Metrics {
                 "gateway_requests_in_flight{{route=\"{}\"}} {}",
                 route.name,
                 route.in_flight.load(Ordering::Relaxed)
+            );
+        }
+
+        out.push_str("# HELP gateway_rate_limited_total Requests refused by a rate limit, by route.\n");
+        out.push_str("# TYPE gateway_rate_limited_total counter\n");
+        for route in &routes {
+            let _ = writeln!(
+                out,
+                "gateway_rate_limited_total{{route=\"{}\"}} {}",
+                route.name,
+                route.rate_limited.load(Ordering::Relaxed)
             );
         }
 

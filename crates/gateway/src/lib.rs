@@ -123,6 +123,17 @@ struct Control {
 }
 
 impl Control {
+    /// A failed reload: counted, reported in the status, logged once; nothing else changes.
+    fn fail_reload(&self, errors: &[ConfigError]) {
+        self.shared.metrics.reload(false);
+        let mut status = self.admin.config_status();
+        status.last_error = errors.first().map(ToString::to_string);
+        self.admin.set_config_status(status);
+        for e in errors {
+            tracing::error!(error = %e, "configuration reload failed; the previous configuration keeps serving");
+        }
+    }
+
     /// Reload and report the version now serving (an unchanged file keeps its version).
     async fn reload_now(&self) -> Result<u64, Vec<ConfigError>> {
         let version = self.reload().await?;
@@ -141,13 +152,7 @@ impl Control {
             Ok(Some(loaded)) => loaded,
             Ok(None) => return Ok(None),
             Err(errors) => {
-                self.shared.metrics.reload(false);
-                let mut status = self.admin.config_status();
-                status.last_error = errors.first().map(ToString::to_string);
-                self.admin.set_config_status(status);
-                for e in &errors {
-                    tracing::error!(error = %e, "configuration reload failed; the previous configuration keeps serving");
-                }
+                self.fail_reload(&errors);
                 return Err(errors);
             }
         };
@@ -165,7 +170,16 @@ impl Control {
         self.admin.set_token(loaded.config.admin.token.clone());
         let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
         let runtime =
-            Runtime::build(loaded.config, loaded.routes, version, Some(&old), &self.shared.metrics, self.workers);
+            match Runtime::build(loaded.config, loaded.routes, version, Some(&old), &self.shared.metrics, self.workers)
+                .await
+            {
+                Ok(runtime) => runtime,
+                Err(message) => {
+                    let errors = vec![ConfigError::at_start(&self.path.display().to_string(), message)];
+                    self.fail_reload(&errors);
+                    return Err(errors);
+                }
+            };
         self.shared.runtime.store(Arc::new(runtime));
         *self.hash.lock().unwrap_or_else(|e| e.into_inner()) = Some(loaded.hash);
         self.shared.metrics.reload(true);
@@ -220,7 +234,10 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
         None => Vec::new(),
     };
     let admin_token = loaded.config.admin.token.clone();
-    let runtime = Runtime::build(loaded.config, loaded.routes, 1, None, &metrics, workers);
+    let runtime =
+        Runtime::build(loaded.config, loaded.routes, 1, None, &metrics, workers).await.map_err(|message| {
+            StartError::Config(vec![ConfigError::at_start(&config_path.display().to_string(), message)])
+        })?;
     let shared = Arc::new(Shared { runtime: ArcSwap::from_pointee(runtime), metrics: metrics.clone(), tls });
     let control = Arc::new_cyclic(|weak| {
         let view = admin::AdminView { shared: shared.clone(), control: weak.clone() };

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use gateway_config::{Config, IpNet, Route};
 use gateway_proxy::{UpstreamClient, UpstreamSettings};
+use gateway_ratelimit::{RateLimits, RouteLimits};
 use gateway_registry::Endpoints;
 use gateway_router::RouteTable;
 use gateway_telemetry::{Metrics, RouteMetrics, ServiceMetrics, UNMATCHED_ROUTE};
@@ -36,6 +37,9 @@ pub struct RoutePolicy {
     pub max_body_bytes: u64,
     pub allow_ips: Vec<IpNet>,
     pub deny_ips: Vec<IpNet>,
+    /// The route's rate limits, all of which must admit.
+    pub limits: Option<RouteLimits>,
+    pub max_in_flight: Option<u64>,
     /// Auth providers are named but not built yet: fail closed.
     pub requires_auth: bool,
     pub metrics: Arc<RouteMetrics>,
@@ -47,6 +51,7 @@ pub struct Runtime {
     pub routes: RouteTable,
     pub policies: Vec<RoutePolicy>,
     pub services: HashMap<String, Arc<ServiceRuntime>>,
+    pub rate_limits: RateLimits,
     pub trusted_proxies: Vec<IpNet>,
     pub max_body_bytes: u64,
     pub max_header_bytes: u64,
@@ -57,15 +62,17 @@ pub struct Runtime {
 
 impl Runtime {
     /// Assemble a runtime from a validated `config` and its compiled route table,
-    /// reusing the unchanged services of `previous`.
-    pub fn build(
+    /// reusing the unchanged pieces of `previous` (services with their pools, rate limits
+    /// with their buckets). Fails without side effects.
+    pub async fn build(
         config: Config,
         routes: RouteTable,
         version: u64,
         previous: Option<&Runtime>,
         metrics: &Metrics,
         workers: usize,
-    ) -> Runtime {
+    ) -> Result<Runtime, String> {
+        let rate_limits = RateLimits::build(&config, previous.map(|p| &p.rate_limits))?;
         let mut services = HashMap::new();
         for (name, definition) in &config.services {
             let reused = previous.and_then(|p| p.services.get(name)).filter(|s| &s.definition == definition).cloned();
@@ -76,9 +83,13 @@ impl Runtime {
             services.insert(name.clone(), service);
         }
 
-        let policies = config.routes.iter().map(|route| build_policy(route, &config, &services, metrics)).collect();
+        let policies = config
+            .routes
+            .iter()
+            .map(|route| build_policy(route, &config, &services, &rate_limits, metrics))
+            .collect::<Result<Vec<_>, String>>()?;
         let trusted_proxies = parse_nets(&config.server.trusted_proxies);
-        Runtime {
+        Ok(Runtime {
             version,
             routes,
             policies,
@@ -89,8 +100,9 @@ impl Runtime {
             body_read_timeout: config.server.body_read_timeout.get(),
             idle_timeout: config.server.idle_timeout.get(),
             unmatched: metrics.route(UNMATCHED_ROUTE),
+            rate_limits,
             config: Arc::new(config),
-        }
+        })
     }
 }
 
@@ -119,8 +131,9 @@ fn build_policy(
     route: &Route,
     config: &Config,
     services: &HashMap<String, Arc<ServiceRuntime>>,
+    rate_limits: &RateLimits,
     metrics: &Metrics,
-) -> RoutePolicy {
+) -> Result<RoutePolicy, String> {
     let action = if let Some(service) = route.service.as_ref().and_then(|s| services.get(s.get_ref())) {
         Action::Proxy(service.clone())
     } else if route.split.is_some() {
@@ -137,16 +150,24 @@ fn build_policy(
         Action::Unsupported(_) => Duration::from_secs(15),
     };
     let timeout = route.timeout.map(|t| t.get().min(service_timeout)).unwrap_or(service_timeout);
-    RoutePolicy {
+    let limits = if route.rate_limit.is_empty() {
+        None
+    } else {
+        let names: Vec<&str> = route.rate_limit.iter().map(|n| n.get_ref().as_str()).collect();
+        Some(rate_limits.route(&names)?)
+    };
+    Ok(RoutePolicy {
         name: route.name.get_ref().clone(),
         action,
         timeout,
         max_body_bytes: route.max_body_bytes.unwrap_or(config.server.max_body_bytes).get(),
         allow_ips: parse_nets(&route.allow_ips),
         deny_ips: parse_nets(&route.deny_ips),
+        limits,
+        max_in_flight: route.max_in_flight.map(u64::from),
         requires_auth: !route.auth.is_empty(),
         metrics: metrics.route(route.name.get_ref()),
-    }
+    })
 }
 
 fn parse_nets(list: &[String]) -> Vec<IpNet> {

@@ -93,8 +93,13 @@ async fn proxy(
         })?;
     *route_idx = Some(matched.route);
     let policy: &RoutePolicy = &runtime.policies[matched.route];
-    policy.metrics.start();
+    let in_flight = policy.metrics.start();
     let _in_flight = InFlight(policy);
+    if policy.max_in_flight.is_some_and(|max| in_flight > max) {
+        // Shed load at once rather than queue: the caller may retry elsewhere.
+        return Err(GatewayError::new(ErrorKind::ServiceUnavailable, "route is at its concurrency limit")
+            .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1")));
+    }
 
     let client = ClientAddr::resolve(conn.peer, req.headers(), &runtime.trusted_proxies);
     if !policy.allow_ips.is_empty() && !policy.allow_ips.iter().any(|n| n.contains(client.ip)) {
@@ -108,6 +113,19 @@ async fn proxy(
         return Err(GatewayError::new(ErrorKind::ServiceUnavailable, "authentication is not available in this build")
             .with_header(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
     }
+
+    let rate = match &policy.limits {
+        None => None,
+        Some(limits) => match limits.check(client.ip, req.headers(), None).await {
+            Ok(decision) => decision,
+            Err(refused) => {
+                policy.metrics.rate_limited();
+                let mut err = GatewayError::new(ErrorKind::RateLimited, "rate limit exceeded");
+                err.headers = refused.headers();
+                return Err(err);
+            }
+        },
+    };
 
     let service = match &policy.action {
         Action::Proxy(service) => service,
@@ -181,6 +199,9 @@ async fn proxy(
             return Err(GatewayError::new(ErrorKind::BadGateway, "upstream switched protocols unasked"));
         }
         (None, false) => {}
+    }
+    if let Some(decision) = rate {
+        decision.write_headers(response.headers_mut());
     }
     Ok(response)
 }

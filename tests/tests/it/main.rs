@@ -5,4 +5,5 @@
 mod framing;
 mod lifecycle;
 mod proxy;
+mod ratelimit;
 mod routing;
