@@ -1,24 +1,30 @@
-//! A backend that records and echoes what reached it.
+//! A backend that records and echoes what reached it, and [`TestServer`], the hyper server
+//! under it, for backends with behaviour of their own.
 //!
-//! Paths it understands:
+//! Paths the [`Backend`] understands:
 //! - `/status/{code}`: answers that status;
 //! - `/slow/{ms}`: waits, then answers 200;
 //! - `/body`: answers the request body back byte for byte (streamed);
 //! - `/hop`: answers with hop-by-hop headers that must not reach the client;
+//! - `/trailers`: reads the whole request, answers `payload` then the trailers
+//!   `grpc-status: 0`, `grpc-message: ok`, `x-custom-meta: meta-value`, plus each request
+//!   trailer echoed as `echo-{name}` (trailers reach HTTP/1.1 clients only with `te: trailers`);
 //! - anything else: 200 with a JSON echo of method, path, query and headers.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// What one request looked like when it reached the backend.
 #[derive(Debug, Clone)]
@@ -27,6 +33,8 @@ pub struct Seen {
     /// Path and query as received.
     pub target: String,
     pub headers: BTreeMap<String, Vec<String>>,
+    /// The HTTP version it arrived in, as `http::Version` prints it (`HTTP/1.1`, `HTTP/2.0`).
+    pub version: String,
 }
 
 impl Seen {
@@ -35,29 +43,37 @@ impl Seen {
     }
 }
 
+/// A recording echo backend (see the module docs for its paths).
 pub struct Backend {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
-    task: tokio::task::JoinHandle<()>,
+    _server: TestServer,
 }
 
 impl Backend {
+    /// Serve HTTP/1.1 in clear.
     pub async fn start() -> Backend {
+        Self::start_with(Protocol::Http1).await
+    }
+
+    /// Serve HTTP/2 in clear with prior knowledge (an `h2c://` endpoint).
+    pub async fn start_h2c() -> Backend {
+        Self::start_with(Protocol::H2c).await
+    }
+
+    /// Serve HTTPS with `tls`: HTTP/2 when ALPN chose `h2`, else HTTP/1.1.
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> Backend {
+        Self::start_with(Protocol::Tls(tls)).await
+    }
+
+    /// Serve the echo paths over `protocol`.
+    pub async fn start_with(protocol: Protocol) -> Backend {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let recorder = seen.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let recorder = recorder.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| answer(req, recorder.clone(), addr));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-                });
-            }
-        });
-        Backend { addr, seen, task }
+        let server = TestServer::serve(listener, protocol, move |req| answer(req, recorder.clone(), addr));
+        Backend { addr, seen, _server: server }
     }
 
     /// Every request seen so far.
@@ -70,15 +86,90 @@ impl Backend {
     }
 }
 
-impl Drop for Backend {
+/// How a [`TestServer`] speaks on the connections it accepts.
+#[derive(Clone)]
+pub enum Protocol {
+    /// HTTP/1.1 in clear (with upgrades).
+    Http1,
+    /// HTTP/2 in clear, prior knowledge.
+    H2c,
+    /// TLS with this configuration, then HTTP/2 if ALPN chose `h2`, else HTTP/1.1.
+    Tls(Arc<rustls::ServerConfig>),
+}
+
+/// The body type every [`TestServer`] handler answers with.
+pub type BoxedBody = BoxBody<Bytes, hyper::Error>;
+
+/// A hyper server on a fresh `127.0.0.1` port, running `handler` for every request until dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    /// Bind a fresh port, then serve `handler` over `protocol` on every accepted connection.
+    pub async fn start<F, Fut>(protocol: Protocol, handler: F) -> TestServer
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response<BoxedBody>, hyper::Error>> + Send + 'static,
+    {
+        Self::serve(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), protocol, handler)
+    }
+
+    /// Serve `handler` over `protocol` on the connections `listener` accepts.
+    pub fn serve<F, Fut>(listener: tokio::net::TcpListener, protocol: Protocol, handler: F) -> TestServer
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response<BoxedBody>, hyper::Error>> + Send + 'static,
+    {
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let handler = handler.clone();
+                let protocol = protocol.clone();
+                tokio::spawn(async move {
+                    match protocol {
+                        Protocol::Http1 => serve_io(stream, false, handler).await,
+                        Protocol::H2c => serve_io(stream, true, handler).await,
+                        Protocol::Tls(config) => {
+                            let Ok(tls) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await else { return };
+                            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                            serve_io(tls, h2, handler).await;
+                        }
+                    }
+                });
+            }
+        });
+        TestServer { addr, task }
+    }
+}
+
+impl Drop for TestServer {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-type Out = BoxBody<Bytes, hyper::Error>;
+/// Serve one connection with `handler`, as HTTP/2 or HTTP/1.1.
+async fn serve_io<I, F, Fut>(io: I, h2: bool, handler: F)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<BoxedBody>, hyper::Error>> + Send + 'static,
+{
+    let svc = service_fn(handler);
+    if h2 {
+        let _ = http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), svc).await;
+    } else {
+        let _ = http1::Builder::new().serve_connection(TokioIo::new(io), svc).with_upgrades().await;
+    }
+}
 
-fn full(b: impl Into<Bytes>) -> Out {
+type Out = BoxedBody;
+
+/// A whole body for a [`TestServer`] answer.
+pub fn full(b: impl Into<Bytes>) -> BoxedBody {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
@@ -95,6 +186,7 @@ async fn answer(
         method: req.method().to_string(),
         target: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
         headers: headers.clone(),
+        version: format!("{:?}", req.version()),
     };
     seen.lock().unwrap().push(record.clone());
     let path = req.uri().path().to_owned();
@@ -108,6 +200,20 @@ async fn answer(
     }
     if path == "/body" {
         return Ok(Response::new(req.into_body().boxed()));
+    }
+    if path == "/trailers" {
+        let collected = req.into_body().collect().await?;
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        trailers.insert("grpc-message", "ok".parse().unwrap());
+        trailers.insert("x-custom-meta", "meta-value".parse().unwrap());
+        for (name, value) in collected.trailers().into_iter().flatten() {
+            trailers.insert(HeaderName::try_from(format!("echo-{name}")).unwrap(), value.clone());
+        }
+        let body = Full::new(Bytes::from_static(b"payload"))
+            .map_err(|never| match never {})
+            .with_trailers(async move { Some(Ok(trailers)) });
+        return Ok(Response::builder().header("content-type", "application/grpc").body(body.boxed()).unwrap());
     }
     if path == "/hop" {
         return Ok(Response::builder()

@@ -1,7 +1,7 @@
 //! The real gateway, started in-process on a config string.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http::Request;
@@ -14,7 +14,7 @@ pub struct TestGateway {
     pub admin_addr: SocketAddr,
     pub config_path: PathBuf,
     handle: Option<gateway::GatewayHandle>,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 /// Listener settings every test config starts with: free ports, one worker.
@@ -29,16 +29,26 @@ impl TestGateway {
 
     /// Like [`start`](Self::start), with extra `[server]` keys (one per line).
     pub async fn start_with_server(config: &str, server_keys: &str) -> TestGateway {
-        let dir = TempDir::new();
+        Self::start_in(TempDir::new(), config, server_keys).await
+    }
+
+    /// Like [`start_with_server`](Self::start_with_server), in `dir`, which may already hold
+    /// files the config names by relative path (certificates); the gateway owns it from now on.
+    pub async fn start_in(dir: TempDir, config: &str, server_keys: &str) -> TestGateway {
         let config_path = dir.0.join("gateway.toml");
         std::fs::write(&config_path, Self::full_config(config, server_keys)).unwrap();
         let handle = gateway::start(&config_path).await.unwrap_or_else(|e| panic!("gateway did not start: {e}"));
-        TestGateway { addr: handle.addr, admin_addr: handle.admin_addr, config_path, handle: Some(handle), _dir: dir }
+        TestGateway { addr: handle.addr, admin_addr: handle.admin_addr, config_path, handle: Some(handle), dir }
     }
 
     /// The text written for `config`, as `start` writes it.
     pub fn full_config(config: &str, server_keys: &str) -> String {
         format!("{PREAMBLE}{server_keys}\n{ADMIN}\n{config}")
+    }
+
+    /// The directory holding the config file (and whatever `start_in` found there).
+    pub fn dir(&self) -> &Path {
+        &self.dir.0
     }
 
     pub fn handle(&self) -> &gateway::GatewayHandle {

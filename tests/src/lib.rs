@@ -3,6 +3,9 @@
 //! - [`Backend`]: a real HTTP/1.1 server on `127.0.0.1:0` that answers with what reached it.
 //! - [`TestGateway`]: the real gateway started on a config string (ports from `127.0.0.1:0`).
 //! - [`send`] and [`raw`]: a real client, and raw bytes for requests no client would send.
+//! - [`Backend::start_h2c`], [`Backend::start_tls`] and [`TestServer`]: the same echo over
+//!   h2c or TLS, and a hyper server with a handler of the test's own.
+//! - [`TestCa`], [`Leaf`] and [`tls_connect`]: certificates made at test time and TLS clients.
 //!
 //! ```no_run
 //! # async fn f() {
@@ -26,11 +29,13 @@ mod backend;
 mod client;
 mod gateway;
 mod servers;
+mod tls;
 
-pub use backend::{Backend, Seen};
+pub use backend::{full, Backend, BoxedBody, Protocol, Seen, TestServer};
 pub use client::{raw, send, Answer};
 pub use gateway::TestGateway;
 pub use servers::{shared_redis, RedisServer};
+pub use tls::{tls_connect, Leaf, TestCa};
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(pub std::path::PathBuf);

@@ -493,6 +493,10 @@ pub struct Mirror {
     pub percent: f64,
 }
 
+fn default_true() -> bool {
+    true
+}
+
 fn default_hundred() -> f64 {
     100.0
 }
@@ -581,6 +585,9 @@ pub struct Route {
     pub auth: Vec<Spanned<String>>,
     #[serde(default)]
     pub require_claims: BTreeMap<String, String>,
+    /// Whether the client's `Authorization` header goes upstream once accepted.
+    #[serde(default = "default_true")]
+    pub forward_authorization: bool,
     #[serde(default)]
     pub rate_limit: Vec<Spanned<String>>,
     pub timeout: Option<Duration>,

@@ -169,17 +169,25 @@ impl Control {
         }
         self.admin.set_token(loaded.config.admin.token.clone());
         let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
-        let runtime =
-            match Runtime::build(loaded.config, loaded.routes, version, Some(&old), &self.shared.metrics, self.workers)
-                .await
-            {
-                Ok(runtime) => runtime,
-                Err(message) => {
-                    let errors = vec![ConfigError::at_start(&self.path.display().to_string(), message)];
-                    self.fail_reload(&errors);
-                    return Err(errors);
-                }
-            };
+        let runtime = match Runtime::build(
+            loaded.config,
+            loaded.routes,
+            &config_dir(&self.path),
+            version,
+            Some(&old),
+            &self.shared.metrics,
+            self.workers,
+        )
+        .await
+        {
+            Ok(runtime) => runtime,
+            Err(messages) => {
+                let file = self.path.display().to_string();
+                let errors: Vec<ConfigError> = messages.into_iter().map(|m| ConfigError::at_start(&file, m)).collect();
+                self.fail_reload(&errors);
+                return Err(errors);
+            }
+        };
         self.shared.runtime.store(Arc::new(runtime));
         *self.hash.lock().unwrap_or_else(|e| e.into_inner()) = Some(loaded.hash);
         self.shared.metrics.reload(true);
@@ -234,9 +242,11 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
         None => Vec::new(),
     };
     let admin_token = loaded.config.admin.token.clone();
-    let runtime =
-        Runtime::build(loaded.config, loaded.routes, 1, None, &metrics, workers).await.map_err(|message| {
-            StartError::Config(vec![ConfigError::at_start(&config_path.display().to_string(), message)])
+    let runtime = Runtime::build(loaded.config, loaded.routes, &config_dir(config_path), 1, None, &metrics, workers)
+        .await
+        .map_err(|messages| {
+            let file = config_path.display().to_string();
+            StartError::Config(messages.into_iter().map(|m| ConfigError::at_start(&file, m)).collect())
         })?;
     let shared = Arc::new(Shared { runtime: ArcSwap::from_pointee(runtime), metrics: metrics.clone(), tls });
     let control = Arc::new_cyclic(|weak| {

@@ -1,9 +1,11 @@
 //! `Runtime`: everything compiled from one `Config`, swapped whole on reload.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gateway_auth::{IdentityHeaders, Providers, RouteAuth};
 use gateway_config::{Config, IpNet, Route};
 use gateway_proxy::{UpstreamClient, UpstreamSettings};
 use gateway_ratelimit::{RateLimits, RouteLimits};
@@ -40,8 +42,9 @@ pub struct RoutePolicy {
     /// The route's rate limits, all of which must admit.
     pub limits: Option<RouteLimits>,
     pub max_in_flight: Option<u64>,
-    /// Auth providers are named but not built yet: fail closed.
-    pub requires_auth: bool,
+    /// Who may call this route (any one provider), and which claims they need.
+    pub auth: Option<RouteAuth>,
+    pub forward_authorization: bool,
     pub metrics: Arc<RouteMetrics>,
 }
 
@@ -52,6 +55,10 @@ pub struct Runtime {
     pub policies: Vec<RoutePolicy>,
     pub services: HashMap<String, Arc<ServiceRuntime>>,
     pub rate_limits: RateLimits,
+    pub providers: Providers,
+    /// Headers only the gateway may set (`forward_claims`, `x-consumer`): removed from
+    /// every incoming request.
+    pub identity_headers: IdentityHeaders,
     pub trusted_proxies: Vec<IpNet>,
     pub max_body_bytes: u64,
     pub max_header_bytes: u64,
@@ -67,18 +74,25 @@ impl Runtime {
     pub async fn build(
         config: Config,
         routes: RouteTable,
+        base_dir: &Path,
         version: u64,
         previous: Option<&Runtime>,
         metrics: &Metrics,
         workers: usize,
-    ) -> Result<Runtime, String> {
-        let rate_limits = RateLimits::build(&config, previous.map(|p| &p.rate_limits))?;
+    ) -> Result<Runtime, Vec<String>> {
+        let rate_limits = RateLimits::build(&config, previous.map(|p| &p.rate_limits)).map_err(|e| vec![e])?;
+        // JWKS providers fetch their keys here: a reload with an unreachable identity
+        // provider fails as a whole.
+        let providers = Providers::build(&config, base_dir, previous.map(|p| &p.providers))
+            .await
+            .map_err(|errors| errors.into_iter().map(|(name, e)| format!("[auth.{name}]: {e}")).collect::<Vec<_>>())?;
+        let identity_headers = IdentityHeaders::from_config(&config);
         let mut services = HashMap::new();
         for (name, definition) in &config.services {
             let reused = previous.and_then(|p| p.services.get(name)).filter(|s| &s.definition == definition).cloned();
             let service = match reused {
                 Some(s) => s,
-                None => Arc::new(build_service(name, definition, metrics, workers)),
+                None => Arc::new(build_service(name, definition, base_dir, metrics, workers)?),
             };
             services.insert(name.clone(), service);
         }
@@ -86,8 +100,9 @@ impl Runtime {
         let policies = config
             .routes
             .iter()
-            .map(|route| build_policy(route, &config, &services, &rate_limits, metrics))
-            .collect::<Result<Vec<_>, String>>()?;
+            .map(|route| build_policy(route, &config, &services, &rate_limits, &providers, metrics))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| vec![e])?;
         let trusted_proxies = parse_nets(&config.server.trusted_proxies);
         Ok(Runtime {
             version,
@@ -101,6 +116,8 @@ impl Runtime {
             idle_timeout: config.server.idle_timeout.get(),
             unmatched: metrics.route(UNMATCHED_ROUTE),
             rate_limits,
+            providers,
+            identity_headers,
             config: Arc::new(config),
         })
     }
@@ -109,22 +126,41 @@ impl Runtime {
 fn build_service(
     name: &str,
     definition: &gateway_config::Service,
+    base_dir: &Path,
     metrics: &Metrics,
     workers: usize,
-) -> ServiceRuntime {
+) -> Result<ServiceRuntime, Vec<String>> {
     let list: Vec<&str> = definition.endpoints.iter().map(|e| e.get_ref().as_str()).collect();
     // Validation already checked every endpoint; a bad one here is skipped, not fatal.
     let endpoints = Endpoints::new(list.iter().filter_map(|s| gateway_registry::Endpoint::parse(s).ok()).collect());
+    // TLS settings only for services that can reach an https endpoint (registered
+    // instances may say https in their metadata, so discovered services get them too).
+    let needs_tls = definition.ca_file.is_some()
+        || definition.client_cert.is_some()
+        || definition.discovery != gateway_config::Discovery::Static
+        || endpoints.snapshot().iter().any(|e| e.scheme() == gateway_registry::Scheme::Https);
+    let tls = if needs_tls {
+        let config = gateway_proxy::tls_client_config(
+            definition.ca_file.as_deref(),
+            definition.client_cert.as_deref(),
+            definition.client_key.as_deref(),
+            base_dir,
+        )
+        .map_err(|e| vec![format!("[services.{name}]: {e}")])?;
+        Some(config)
+    } else {
+        None
+    };
     let settings =
-        UpstreamSettings { connect_timeout: definition.connect_timeout.get(), ..UpstreamSettings::default() };
-    ServiceRuntime {
+        UpstreamSettings { connect_timeout: definition.connect_timeout.get(), tls, ..UpstreamSettings::default() };
+    Ok(ServiceRuntime {
         name: name.to_owned(),
         definition: definition.clone(),
         endpoints,
         client: UpstreamClient::new(&settings, workers),
         timeout: definition.timeout.get(),
         metrics: metrics.service(name),
-    }
+    })
 }
 
 fn build_policy(
@@ -132,6 +168,7 @@ fn build_policy(
     config: &Config,
     services: &HashMap<String, Arc<ServiceRuntime>>,
     rate_limits: &RateLimits,
+    providers: &Providers,
     metrics: &Metrics,
 ) -> Result<RoutePolicy, String> {
     let action = if let Some(service) = route.service.as_ref().and_then(|s| services.get(s.get_ref())) {
@@ -165,7 +202,8 @@ fn build_policy(
         deny_ips: parse_nets(&route.deny_ips),
         limits,
         max_in_flight: route.max_in_flight.map(u64::from),
-        requires_auth: !route.auth.is_empty(),
+        auth: RouteAuth::compile(route, providers).map_err(|e| format!("route `{}`: {e}", route.name.get_ref()))?,
+        forward_authorization: route.forward_authorization,
         metrics: metrics.route(route.name.get_ref()),
     })
 }

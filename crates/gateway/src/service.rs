@@ -108,15 +108,25 @@ async fn proxy(
     if policy.deny_ips.iter().any(|n| n.contains(client.ip)) {
         return Err(GatewayError::new(ErrorKind::Forbidden, "client address is denied on this route"));
     }
-    if policy.requires_auth {
-        // Fail closed: a route that asks for authentication is never served without it.
-        return Err(GatewayError::new(ErrorKind::ServiceUnavailable, "authentication is not available in this build")
-            .with_header(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
-    }
+    // Identity headers are the gateway's to set: a client's copies never cross, on any route.
+    runtime.identity_headers.strip(req.headers_mut());
+    let principal = match &policy.auth {
+        None => None,
+        Some(auth) => {
+            let principal = auth.check(req.headers(), req.uri().query()).await?;
+            for (name, value) in auth.upstream_headers(&principal) {
+                req.headers_mut().insert(name, value);
+            }
+            if !policy.forward_authorization {
+                req.headers_mut().remove(http::header::AUTHORIZATION);
+            }
+            Some(principal)
+        }
+    };
 
     let rate = match &policy.limits {
         None => None,
-        Some(limits) => match limits.check(client.ip, req.headers(), None).await {
+        Some(limits) => match limits.check(client.ip, req.headers(), principal.as_ref()).await {
             Ok(decision) => decision,
             Err(refused) => {
                 policy.metrics.rate_limited();

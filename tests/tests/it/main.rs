@@ -2,8 +2,10 @@
 //! shares the fixtures of `gateway-tests`.
 #![allow(clippy::unwrap_used)]
 
+mod auth;
 mod framing;
 mod lifecycle;
+mod protocols;
 mod proxy;
 mod ratelimit;
 mod routing;
