@@ -526,6 +526,26 @@ fn default_cache_entries() -> usize {
     10_000
 }
 
+/// CORS for one route.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cors {
+    /// Exact origins (`https://app.example.com`), or `"*"` for any (not with credentials).
+    pub allow_origins: Vec<String>,
+    /// Methods a preflight may ask for; empty = the route's methods (or any).
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    /// Request headers a preflight may ask for; empty = whatever it asks.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// How long a browser may cache a preflight answer.
+    pub max_age: Option<Duration>,
+}
+
 /// One part of an aggregate route.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -606,6 +626,8 @@ pub struct Route {
     pub cache: Option<Cache>,
     #[serde(default)]
     pub compress: bool,
+    /// Cross-origin access from browsers; preflights are answered before authentication.
+    pub cors: Option<Cors>,
     pub aggregate: Option<Vec<AggregatePart>>,
     pub publish: Option<Publish>,
 }

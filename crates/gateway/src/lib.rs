@@ -11,6 +11,7 @@
 //! ```
 
 mod admin;
+mod cors;
 pub mod demo;
 mod idle;
 mod runtime;

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cors::CorsPolicy;
 use gateway_auth::{IdentityHeaders, Providers, RouteAuth};
 use gateway_config::{Config, IpNet, Route};
 use gateway_proxy::{UpstreamClient, UpstreamSettings};
@@ -45,6 +46,7 @@ pub struct RoutePolicy {
     /// Who may call this route (any one provider), and which claims they need.
     pub auth: Option<RouteAuth>,
     pub forward_authorization: bool,
+    pub cors: Option<CorsPolicy>,
     pub metrics: Arc<RouteMetrics>,
 }
 
@@ -204,6 +206,12 @@ fn build_policy(
         max_in_flight: route.max_in_flight.map(u64::from),
         auth: RouteAuth::compile(route, providers).map_err(|e| format!("route `{}`: {e}", route.name.get_ref()))?,
         forward_authorization: route.forward_authorization,
+        cors: route
+            .cors
+            .as_ref()
+            .map(|c| CorsPolicy::compile(c, &route.methods))
+            .transpose()
+            .map_err(|e| format!("route `{}`: {e}", route.name.get_ref()))?,
         metrics: metrics.route(route.name.get_ref()),
     })
 }

@@ -11,6 +11,7 @@ use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE,
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
+use crate::cors;
 use crate::runtime::{Action, RoutePolicy, Runtime};
 use crate::strict::Verdicts;
 use crate::Shared;
@@ -35,6 +36,7 @@ pub async fn handle(
     let request_id = RequestId::from_client(req.headers().get(X_REQUEST_ID));
     let grpc = is_grpc(&req);
     let method = req.method().clone();
+    let origin = req.headers().get(http::header::ORIGIN).cloned();
     let path_for_log = runtime.config.telemetry.access_log.then(|| req.uri().path().to_owned());
 
     let mut route_idx = None;
@@ -56,6 +58,11 @@ pub async fn handle(
         }
     };
     response.headers_mut().insert(X_REQUEST_ID, request_id.header_value().clone());
+    // CORS headers on every answer of a CORS route, errors included, so a browser can
+    // read why it was refused.
+    if let (Some(origin), Some(cors)) = (&origin, route_idx.and_then(|i| runtime.policies[i].cors.as_ref())) {
+        cors.decorate(origin, response.headers_mut());
+    }
 
     let elapsed = started.elapsed();
     let policy = route_idx.map(|i| &runtime.policies[i]);
@@ -83,8 +90,12 @@ async fn proxy(
     let uri = req.uri().clone();
     let path = gateway_router::normalize_path(uri.path())
         .map_err(|e| GatewayError::new(ErrorKind::BadRequest, format!("malformed path: {e}")))?;
+    // A CORS preflight is matched as the request it announces, so a GET-only route with
+    // CORS answers the browser's OPTIONS.
+    let preflight = cors::is_preflight(req.method(), req.headers());
+    let match_method = preflight.as_ref().unwrap_or(req.method());
     let matched =
-        runtime.routes.find(host.as_deref(), req.method(), &path, req.headers()).map_err(|miss| match miss {
+        runtime.routes.find(host.as_deref(), match_method, &path, req.headers()).map_err(|miss| match miss {
             RouteMiss::NotFound => GatewayError::new(ErrorKind::RouteNotFound, "no route matches this request"),
             RouteMiss::MethodNotAllowed { allow } => {
                 GatewayError::new(ErrorKind::MethodNotAllowed, "method not allowed on this route")
@@ -108,6 +119,14 @@ async fn proxy(
     if policy.deny_ips.iter().any(|n| n.contains(client.ip)) {
         return Err(GatewayError::new(ErrorKind::Forbidden, "client address is denied on this route"));
     }
+    if let Some(cors) = &policy.cors {
+        if preflight.is_some() {
+            if let Some(answer) = cors.preflight(req.headers()) {
+                return Ok(answer);
+            }
+        }
+    }
+
     // Identity headers are the gateway's to set: a client's copies never cross, on any route.
     runtime.identity_headers.strip(req.headers_mut());
     let principal = match &policy.auth {

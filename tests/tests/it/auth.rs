@@ -163,3 +163,51 @@ async fn grpc_callers_get_unauthenticated() {
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("grpc-status"), Some("16"));
 }
+
+#[tokio::test]
+async fn cors_preflight_is_answered_before_auth_and_errors_carry_cors_headers() {
+    let backend = Backend::start().await;
+    let config = format!(
+        r#"
+[services.echo]
+endpoints = ["http://{}"]
+[auth.main]
+type = "jwt"
+algorithms = ["HS256"]
+secret = "{SECRET}"
+[[routes]]
+name = "api"
+path_prefix = "/api"
+methods = ["GET", "POST"]
+service = "echo"
+auth = ["main"]
+cors = {{ allow_origins = ["https://app.test"], allow_headers = ["authorization", "content-type"], max_age = "10m" }}
+"#,
+        backend.addr
+    );
+    let gw = TestGateway::start(&config).await;
+    let preflight = |origin: &str| {
+        Request::builder()
+            .method("OPTIONS")
+            .uri("/api/items")
+            .header("host", "a")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let ok = gw.request(preflight("https://app.test")).await;
+    assert_eq!(ok.status, 204);
+    assert_eq!(ok.header("access-control-allow-origin"), Some("https://app.test"));
+    assert_eq!(ok.header("access-control-allow-methods"), Some("GET, POST"));
+    assert_eq!(ok.header("access-control-allow-headers"), Some("authorization, content-type"));
+    assert_eq!(ok.header("access-control-max-age"), Some("600"));
+    let foreign = gw.request(preflight("https://evil.test")).await;
+    assert_eq!(foreign.header("access-control-allow-origin"), None);
+    assert_ne!(foreign.status, 204);
+    let refused = gw.request(with("/api/items", &[("origin", "https://app.test")])).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.header("access-control-allow-origin"), Some("https://app.test"));
+    assert!(backend.seen().is_empty(), "preflights never reach the backend");
+}
