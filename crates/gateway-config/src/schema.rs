@@ -565,6 +565,8 @@ pub struct AggregatePart {
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     pub name: Option<String>,
+    /// This part's own timeout (within the route's deadline).
+    pub timeout: Option<Duration>,
 }
 
 /// Publish the request body to a broker.

@@ -757,11 +757,13 @@ impl Validator<'_, '_, '_> {
         }
     }
 
-    fn aggregate(&mut self, i: usize, what: &str, parts: &[AggregatePart]) {
+    fn aggregate<'a>(&mut self, i: usize, what: &str, parts: &'a [AggregatePart]) {
         if parts.is_empty() {
             self.at_value(&[K("routes"), I(i), K("aggregate")], format!("{what}: aggregate needs at least one part"));
         }
-        let names: Vec<&str> = parts.iter().filter_map(|p| p.name.as_deref()).collect();
+        // A part is named by `name`, else by `into` (gateway-aggregate's `part_name`).
+        let part_name = |p: &'a AggregatePart| p.name.as_deref().or(p.into.as_deref());
+        let names: Vec<&str> = parts.iter().filter_map(part_name).collect();
         for (n, part) in parts.iter().enumerate() {
             let at = |key: &'static str| [K("routes"), I(i), K("aggregate"), I(n), K(key)];
             let exists = self.config.services.contains_key(part.service.get_ref());
@@ -775,7 +777,7 @@ impl Validator<'_, '_, '_> {
                 }
             }
             if let Some(after) = &part.after {
-                if !names.contains(&after.as_str()) || part.name.as_deref() == Some(after) {
+                if !names.contains(&after.as_str()) || part_name(part) == Some(after.as_str()) {
                     self.at_value(&at("after"), format!("{what}: `after` names no other part (`{after}`)"));
                 }
             }

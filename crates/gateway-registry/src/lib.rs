@@ -1,88 +1,90 @@
-//! `gateway-registry`: where a service's endpoints come from and which one a request goes to.
+//! `gateway-registry`: where a service's endpoints come from, whether they are healthy,
+//! and which one a call goes to.
 //!
-//! A service's current endpoint set is a snapshot published through
-//! [`Endpoints`] (an `ArcSwap`), so the proxy never waits on discovery: it loads the
-//! snapshot and asks the load balancer for a pick. Sources (today: static lists) replace
-//! the snapshot when they learn something new.
+//! - [`ServiceEndpoints`] is one service's live endpoint set: an `ArcSwap` snapshot of
+//!   [`EndpointState`]s that discovery replaces (an endpoint that stays keeps its state),
+//!   the load balancer over it ([`Balancer`]: round robin, weighted when weights differ;
+//!   least request and peak EWMA by power of two choices; random; consistent hash on a
+//!   header, cookie or the client IP), passive health (outlier ejection on connect
+//!   failures, [`PassiveHealth`]) and active health checks ([`HealthCheckOptions`]).
+//!   The proxy never waits on discovery: a pick loads the snapshot and chooses.
+//! - Sources ([`Source`], [`Discover`]): static lists, DNS A/AAAA ([`DnsDiscovery`]),
+//!   and the registry ([`MemoryRegistry`]) that instances join through [`registry_api`].
+//!
+//! Endpoints start healthy: an endpoint serves until active checks prove it bad
+//! (`unhealthy_threshold` failures in a row) and comes back after `healthy_threshold`
+//! passes. Only endpoints that are healthy, not ejected, and admitted by the caller's
+//! circuit breaker are picked; when every endpoint is unhealthy or ejected, a pick
+//! answers [`Pick::AllUnhealthy`] (503) unless [`ServiceOptions::panic_mode`] is on.
+//!
+//! Endpoints registered in the registry are `http` unless their metadata says
+//! `"scheme": "https"` or `"h2c"`; `"weight"` (1-1000) weights them.
+//!
+//! Not here yet: the etcd store; DNS SRV records; gRPC health checks (`kind = "grpc"`
+//! and `https` endpoints are checked by a TCP connect, since TLS settings live in the
+//! proxy crate).
 //!
 //! ```
-//! use gateway_registry::{Endpoint, Endpoints};
-//! let eps = Endpoints::from_static(&["http://127.0.0.1:9001", "http://127.0.0.1:9002"]).unwrap();
-//! let first = eps.pick().unwrap();
-//! let second = eps.pick().unwrap();
-//! assert_ne!(first.address(), second.address());
+//! use gateway_registry::{Endpoint, Outcome, Pick, PickContext, ServiceEndpoints};
+//!
+//! let users = ServiceEndpoints::from_endpoints(
+//!     "users",
+//!     vec![Endpoint::parse("http://127.0.0.1:9001").unwrap(), Endpoint::parse("http://127.0.0.1:9002").unwrap()],
+//! );
+//! let admit = |_: &gateway_registry::EndpointState| true; // the circuit breaker's say
+//! let Pick::Picked(call) = users.pick(&PickContext::default(), &admit) else { panic!("no endpoint") };
+//! assert_eq!(call.address(), "127.0.0.1:9001");
+//! assert_eq!(call.state().in_flight(), 1);
+//! // ... send the request to call.endpoint(), then:
+//! users.report(call.state(), Outcome::Response { latency: call.elapsed() });
+//! drop(call); // the call is over
+//! let next = users.pick(&PickContext::default(), &admit).picked().unwrap();
+//! assert_eq!(next.address(), "127.0.0.1:9002");
+//! assert_eq!(users.counts().healthy, 2);
 //! ```
 
-use std::fmt;
+#![forbid(unsafe_code)]
+
+mod api;
+mod balance;
+mod discover;
+mod endpoint;
+mod health;
+mod registry;
+mod service;
+mod state;
+#[cfg(test)]
+mod tests;
+mod util;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::uri::{Authority, Scheme as UriScheme};
 
-pub use gateway_config::Scheme;
+pub use api::{registry_api, MAX_REGISTRATION_BYTES};
+pub use balance::{Balancer, HashOn, Pick, PickContext, VIRTUAL_NODES};
+pub use discover::{Discover, Discovered, DiscoveryError, DnsDiscovery, DnsOptions, EndpointSet, StaticDiscovery};
+pub use endpoint::{Endpoint, EndpointError, Scheme};
+pub use health::{HealthCheckKind, HealthCheckOptions};
+pub use registry::{
+    valid_name, InstanceView, MemoryRegistry, Registered, RegistryDiscovery, RegistryError, ServiceSummary, MAX_WEIGHT,
+};
+pub use service::{BuildError, EndpointCounts, ServiceEndpoints, ServiceOptions, Source};
+pub use state::{EndpointState, Metadata, Outcome, PassiveHealth, Picked};
 
-/// The scheme written in the URI of the upstream request.
-fn uri_scheme(scheme: Scheme) -> UriScheme {
-    match scheme {
-        Scheme::Https => UriScheme::HTTPS,
-        Scheme::Http | Scheme::H2c => UriScheme::HTTP,
-    }
-}
-
-/// Why an endpoint string was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{0}")]
-pub struct EndpointError(String);
-
-/// One upstream address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Endpoint {
-    scheme: Scheme,
-    authority: Authority,
-}
-
-impl Endpoint {
-    /// Parse `http://host:port`, `https://host[:port]` or `h2c://host:port` (the
-    /// config crate's grammar, so what `gateway check` accepts is what runs).
-    pub fn parse(s: &str) -> Result<Self, EndpointError> {
-        let parsed = gateway_config::Endpoint::parse(s).map_err(EndpointError)?;
-        let authority: Authority = parsed.authority().parse().map_err(|e| EndpointError(format!("{s}: {e}")))?;
-        Ok(Endpoint { scheme: parsed.scheme, authority })
-    }
-
-    /// The scheme of the URI sent upstream (`h2c` is `http` on the wire).
-    pub fn uri_scheme(&self) -> UriScheme {
-        uri_scheme(self.scheme)
-    }
-
-    pub fn scheme(&self) -> Scheme {
-        self.scheme
-    }
-
-    /// `host:port`, as the admin API shows it.
-    pub fn address(&self) -> &str {
-        self.authority.as_str()
-    }
-
-    pub fn authority(&self) -> &Authority {
-        &self.authority
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}", self.scheme.as_str(), self.authority)
-    }
-}
-
-/// The live endpoints of one service and its round-robin cursor.
+/// The first, minimal endpoint list: a fixed set and a round-robin cursor, no health.
+///
+/// Superseded by [`ServiceEndpoints`]; kept so the gateway crate builds until it moves
+/// over (`Endpoints::new(list)` → `ServiceEndpoints::from_config(..)` or
+/// `ServiceEndpoints::from_endpoints(name, list)`; `pick()` → `pick(&ctx, &admit)`).
 pub struct Endpoints {
     current: ArcSwap<Vec<Arc<Endpoint>>>,
     next: AtomicUsize,
 }
 
 impl Endpoints {
+    /// A fixed set.
     pub fn new(endpoints: Vec<Endpoint>) -> Self {
         Endpoints {
             current: ArcSwap::from_pointee(endpoints.into_iter().map(Arc::new).collect()),
@@ -96,7 +98,7 @@ impl Endpoints {
         Ok(Self::new(parsed))
     }
 
-    /// Replace the whole set (a discovery source learned something).
+    /// Replace the whole set.
     pub fn publish(&self, endpoints: Vec<Endpoint>) {
         self.current.store(Arc::new(endpoints.into_iter().map(Arc::new).collect()));
     }
@@ -114,34 +116,5 @@ impl Endpoints {
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % set.len();
         Some(set[i].clone())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn parses_schemes_and_default_ports() {
-        let e = Endpoint::parse("https://api.example.com").unwrap();
-        assert_eq!(e.scheme(), Scheme::Https);
-        assert_eq!(e.address(), "api.example.com:443");
-        assert_eq!(Endpoint::parse("h2c://10.0.0.1:50051/").unwrap().address(), "10.0.0.1:50051");
-        assert_eq!(Endpoint::parse("http://[::1]:8080").unwrap().address(), "[::1]:8080");
-        assert_eq!(Endpoint::parse("http://[::1]").unwrap().address(), "[::1]:80");
-        assert!(Endpoint::parse("ftp://x:1").is_err());
-        assert!(Endpoint::parse("http://x:1/path").is_err());
-        assert!(Endpoint::parse("127.0.0.1:80").is_err());
-        assert!(Endpoint::parse("http://user@x:1").is_err());
-    }
-
-    #[test]
-    fn round_robin_visits_every_endpoint_in_turn() {
-        let eps = Endpoints::from_static(&["http://a:1", "http://b:1", "http://c:1"]).unwrap();
-        let picks: Vec<String> = (0..6).map(|_| eps.pick().unwrap().address().to_owned()).collect();
-        assert_eq!(picks, ["a:1", "b:1", "c:1", "a:1", "b:1", "c:1"]);
-        eps.publish(vec![]);
-        assert!(eps.pick().is_none());
     }
 }

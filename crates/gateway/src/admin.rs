@@ -33,6 +33,7 @@ impl AdminSource for AdminView {
                     "methods": route.methods,
                     "action": match &policy.action {
                         Action::Proxy(service) => format!("service {}", service.name),
+                        Action::Aggregate(a) => format!("aggregate {}", a.aggregate.services().collect::<Vec<_>>().join(", ")),
                         Action::Unsupported(why) => format!("unavailable: {why}"),
                     },
                     "auth": route.auth.iter().map(|a| a.get_ref()).collect::<Vec<_>>(),

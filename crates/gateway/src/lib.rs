@@ -11,6 +11,7 @@
 //! ```
 
 mod admin;
+mod aggregate;
 mod cors;
 pub mod demo;
 mod idle;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cors::CorsPolicy;
+use gateway_aggregate::Aggregate;
 use gateway_auth::{IdentityHeaders, Providers, RouteAuth};
 use gateway_config::{Config, IpNet, Route};
 use gateway_proxy::{UpstreamClient, UpstreamSettings};
@@ -28,8 +29,16 @@ pub struct ServiceRuntime {
 /// What a matched route does.
 pub enum Action {
     Proxy(Arc<ServiceRuntime>),
+    /// Several services, one JSON answer.
+    Aggregate(AggregateAction),
     /// Configured, but this build cannot do it yet: answered 503 rather than guessed at.
     Unsupported(&'static str),
+}
+
+/// An aggregate route: its compiled parts and the services they call.
+pub struct AggregateAction {
+    pub aggregate: Aggregate,
+    pub services: HashMap<String, Arc<ServiceRuntime>>,
 }
 
 /// The compiled policy of one route, indexed like `config.routes`.
@@ -177,8 +186,12 @@ fn build_policy(
         Action::Proxy(service.clone())
     } else if route.split.is_some() {
         Action::Unsupported("weighted splits are not available in this build yet")
-    } else if route.aggregate.is_some() {
-        Action::Unsupported("aggregate routes are not available in this build yet")
+    } else if let Some(aggregate) =
+        Aggregate::compile(route).map_err(|e| format!("route `{}`: {e}", route.name.get_ref()))?
+    {
+        let services =
+            aggregate.services().filter_map(|name| Some((name.to_owned(), services.get(name)?.clone()))).collect();
+        Action::Aggregate(AggregateAction { aggregate, services })
     } else if route.publish.is_some() {
         Action::Unsupported("publish routes are not available in this build yet")
     } else {
@@ -186,7 +199,7 @@ fn build_policy(
     };
     let service_timeout = match &action {
         Action::Proxy(s) => s.timeout,
-        Action::Unsupported(_) => Duration::from_secs(15),
+        Action::Aggregate(_) | Action::Unsupported(_) => Duration::from_secs(15),
     };
     let timeout = route.timeout.map(|t| t.get().min(service_timeout)).unwrap_or(service_timeout);
     let limits = if route.rate_limit.is_empty() {

@@ -129,12 +129,14 @@ async fn proxy(
 
     // Identity headers are the gateway's to set: a client's copies never cross, on any route.
     runtime.identity_headers.strip(req.headers_mut());
+    let mut identity = Vec::new();
     let principal = match &policy.auth {
         None => None,
         Some(auth) => {
             let principal = auth.check(req.headers(), req.uri().query()).await?;
-            for (name, value) in auth.upstream_headers(&principal) {
-                req.headers_mut().insert(name, value);
+            identity = auth.upstream_headers(&principal);
+            for (name, value) in &identity {
+                req.headers_mut().insert(name.clone(), value.clone());
             }
             if !policy.forward_authorization {
                 req.headers_mut().remove(http::header::AUTHORIZATION);
@@ -158,6 +160,36 @@ async fn proxy(
 
     let service = match &policy.action {
         Action::Proxy(service) => service,
+        Action::Aggregate(action) => {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(X_REQUEST_ID, request_id.header_value().clone());
+            headers.extend(identity);
+            if policy.forward_authorization {
+                if let Some(v) = req.headers().get(http::header::AUTHORIZATION) {
+                    headers.insert(http::header::AUTHORIZATION, v.clone());
+                }
+            }
+            let params: Vec<(&str, &str)> = matched.params.iter().collect();
+            let ctx = gateway_aggregate::AggregateContext {
+                params: &params,
+                query: uri.query(),
+                principal: principal.as_ref(),
+                headers,
+                deadline: policy.timeout,
+                part_timeout: policy.timeout,
+                max_body: policy.max_body_bytes,
+            };
+            let answer = action.aggregate.run(ctx, &crate::aggregate::Fetcher { services: &action.services }).await?;
+            let mut response = Response::new(gateway_core::full(answer.body.clone()));
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            if let Some(partial) = answer.partial_header() {
+                response.headers_mut().insert("x-gateway-partial", partial);
+            }
+            if let Some(decision) = rate {
+                decision.write_headers(response.headers_mut());
+            }
+            return Ok(response);
+        }
         Action::Unsupported(why) => return Err(GatewayError::new(ErrorKind::ServiceUnavailable, *why)),
     };
 

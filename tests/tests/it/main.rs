@@ -2,6 +2,7 @@
 //! shares the fixtures of `gateway-tests`.
 #![allow(clippy::unwrap_used)]
 
+mod aggregate;
 mod auth;
 mod framing;
 mod lifecycle;

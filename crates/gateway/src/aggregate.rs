@@ -1,0 +1,61 @@
+//! How aggregate parts reach their services: the same endpoints, pools and timeouts as
+//! proxied traffic.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use gateway_aggregate::{PartFailure, PartFetcher, PartRequest, PartResponse};
+use gateway_core::ErrorKind;
+use gateway_proxy::RequestBody;
+use http::header::{HeaderValue, HOST};
+use http_body_util::{BodyExt, Limited};
+
+use crate::runtime::ServiceRuntime;
+
+pub struct Fetcher<'a> {
+    pub services: &'a HashMap<String, Arc<ServiceRuntime>>,
+}
+
+impl PartFetcher for Fetcher<'_> {
+    fn fetch(&self, part: PartRequest) -> BoxFuture<'_, Result<PartResponse, PartFailure>> {
+        Box::pin(async move {
+            let service = self
+                .services
+                .get(&*part.service)
+                .ok_or_else(|| PartFailure::Unavailable(format!("no service `{}`", part.service)))?;
+            let endpoint = service
+                .endpoints
+                .pick()
+                .ok_or_else(|| PartFailure::Unavailable(format!("service `{}` has no endpoint", service.name)))?;
+            let mut request = http::Request::builder()
+                .method(part.method)
+                .uri(part.path_and_query)
+                .body(RequestBody::Empty)
+                .map_err(|e| PartFailure::Upstream(e.to_string()))?;
+            *request.headers_mut() = part.headers;
+            if let Ok(host) = HeaderValue::from_str(endpoint.address()) {
+                request.headers_mut().insert(HOST, host);
+            }
+            let deadline = tokio::time::Instant::now() + part.timeout;
+            let response =
+                service.client.send_measured(&endpoint, request, part.timeout, &service.metrics).await.map_err(
+                    |e| match e.kind {
+                        ErrorKind::GatewayTimeout => PartFailure::Timeout,
+                        ErrorKind::ServiceUnavailable => PartFailure::Unavailable(e.message.into_owned()),
+                        _ => PartFailure::Upstream(e.message.into_owned()),
+                    },
+                )?;
+            let (parts, body) = response.into_parts();
+            let collect = Limited::new(body, part.max_body as usize).collect();
+            let body: Bytes = match tokio::time::timeout_at(deadline, collect).await {
+                Err(_) => return Err(PartFailure::Timeout),
+                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(PartFailure::TooLarge),
+                Ok(Err(e)) => return Err(PartFailure::Upstream(e.to_string())),
+            };
+            Ok(PartResponse { status: parts.status, body })
+        })
+    }
+}
