@@ -34,7 +34,7 @@ mod tls;
 pub use backend::{full, Backend, BoxedBody, Protocol, Seen, TestServer};
 pub use client::{raw, send, Answer};
 pub use gateway::TestGateway;
-pub use servers::{shared_redis, RedisServer};
+pub use servers::{shared_nats, shared_rabbit, shared_redis, NatsServer, RabbitServer, RedisServer};
 pub use tls::{tls_connect, Leaf, TestCa};
 
 /// A fresh directory under the system temp dir, removed on drop.

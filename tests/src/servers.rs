@@ -95,3 +95,303 @@ pub fn shared_redis() -> Arc<RedisServer> {
     *slot = Arc::downgrade(&server);
     server
 }
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+/// Child processes in one process group of their own, killed together (SIGKILL to the group)
+/// when dropped, and also when this test process dies in any way, even by SIGKILL: a watchdog
+/// `sh` reads a pipe that only this process holds open, and kills the group at its EOF. So a
+/// broker never outlives the test binary that started it, even one kept in a `static`.
+struct ProcessGroup {
+    pgid: u32,
+    leader: Child,
+    members: Vec<Child>,
+    watchdog: Option<Child>,
+    /// Once killed, the group id may be reused: never signal it again.
+    killed: bool,
+}
+
+/// SIGKILL to the process group `$1`, with the shell's builtin `kill` (dash and bash both take
+/// `-SIG -PGID`). Not `/usr/bin/kill`: procps-ng 4.0.0-4.0.3 (Debian bookworm's) reads a
+/// negative pid after a signal as -1 and kills every process it may.
+const KILL_GROUP: &str = "kill -KILL \"-$1\" 2>/dev/null";
+
+impl ProcessGroup {
+    /// Spawn the group leader (its pid becomes the group id) and the watchdog.
+    /// The watchdog also removes `dir` (the group's data) once the group is killed: a server
+    /// kept in a `static` never runs the destructor of its `TempDir`.
+    fn spawn(command: &mut Command, what: &str, install: &str, dir: &std::path::Path) -> ProcessGroup {
+        use std::os::unix::process::CommandExt;
+        let leader = match command.process_group(0).stdin(Stdio::null()).spawn() {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                panic!("{what} is not installed, and the broker tests need a real one: {install} (.ci/run does) ({e})")
+            }
+            Err(e) => panic!("could not run {what}: {e}"),
+        };
+        let pgid = leader.id();
+        assert!(pgid > 1, "a child's pid is a process group id above 1");
+        let watchdog = Command::new("sh")
+            .args(["-c", &format!("cat >/dev/null; {KILL_GROUP}; sleep 0.5; rm -rf \"$2\"")])
+            .args(["watchdog", &pgid.to_string()])
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sh for the process-group watchdog");
+        ProcessGroup { pgid, leader, members: Vec::new(), watchdog: Some(watchdog), killed: false }
+    }
+
+    /// Spawn another process into this group.
+    fn spawn_member(&mut self, command: &mut Command, what: &str, install: &str) {
+        use std::os::unix::process::CommandExt;
+        match command.process_group(self.pgid as i32).stdin(Stdio::null()).spawn() {
+            Ok(child) => self.members.push(child),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                panic!("{what} is not installed, and the broker tests need a real one: {install} (.ci/run does) ({e})")
+            }
+            Err(e) => panic!("could not run {what}: {e}"),
+        }
+    }
+
+    /// Whether the group leader has exited.
+    fn leader_exited(&mut self) -> bool {
+        self.leader.try_wait().ok().flatten().is_some()
+    }
+
+    fn kill(&mut self) {
+        if std::mem::replace(&mut self.killed, true) {
+            return;
+        }
+        let _ = Command::new("sh")
+            .args(["-c", KILL_GROUP, "kill", &self.pgid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.leader.kill();
+        let _ = self.leader.wait();
+        for member in &mut self.members {
+            let _ = member.kill();
+            let _ = member.wait();
+        }
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `nats-server` with JetStream (`-js`) on a free loopback port, its store in a temporary
+/// directory; killed when dropped (and when the test process dies).
+pub struct NatsServer {
+    group: ProcessGroup,
+    pub port: u16,
+    // Dropped after `group` (fields drop in order): the server is gone before its store is.
+    _dir: crate::TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        for _ in 0..5 {
+            if let Some(server) = NatsServer::start_on(free_port()) {
+                return server;
+            }
+        }
+        panic!("nats-server did not start on any of 5 free ports");
+    }
+
+    /// Start on `port`; `None` when the server exits at once (the port was taken).
+    pub fn start_on(port: u16) -> Option<NatsServer> {
+        let dir = crate::TempDir::new();
+        let store = dir.0.join("jetstream");
+        let mut command = Command::new("nats-server");
+        command
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let install = "install it with `apt-get install -y nats-server`";
+        let group = ProcessGroup::spawn(&mut command, "nats-server", install, &dir.0);
+        let mut server = NatsServer { group, port, _dir: dir };
+        // Ready when it greets a client with INFO; bounded at 20s.
+        for _ in 0..800 {
+            if server.group.leader_exited() {
+                return None;
+            }
+            if nats_info(port) {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("nats-server on port {port} did not greet a client within 20s");
+    }
+
+    /// `nats://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stop the server now (as an outage would).
+    pub fn kill(&mut self) {
+        self.group.kill();
+    }
+}
+
+fn nats_info(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).is_ok() && &buf == b"INFO "
+}
+
+/// One JetStream-enabled `nats-server` for every test of this binary, started on first use and
+/// killed when the test process exits (see [`ProcessGroup`]).
+pub fn shared_nats() -> Arc<NatsServer> {
+    static SHARED: Mutex<Option<Arc<NatsServer>>> = Mutex::new(None);
+    let mut slot = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    slot.get_or_insert_with(|| Arc::new(NatsServer::start())).clone()
+}
+
+/// Where Debian's package puts the real start script; `/usr/sbin/rabbitmq-server` is a wrapper
+/// that switches to the `rabbitmq` user and the system's directories, which we do not want.
+const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+
+/// A RabbitMQ node of its own on free loopback ports (AMQP, Erlang distribution, and an `epmd`
+/// of its own so that parallel test binaries never share one), with its node name, cookie,
+/// data, logs and configuration in a temporary directory. Runs as the current user (root
+/// included: `HOME` points at the temporary directory, which holds the cookie). Killed,
+/// process group and all, when dropped and when the test process dies.
+///
+/// `RABBITMQ_SERVER` in the environment overrides the start script's path.
+pub struct RabbitServer {
+    group: ProcessGroup,
+    pub port: u16,
+    dir: crate::TempDir,
+}
+
+impl RabbitServer {
+    pub fn start() -> RabbitServer {
+        for _ in 0..3 {
+            if let Some(server) = RabbitServer::start_on(free_port()) {
+                return server;
+            }
+        }
+        panic!("rabbitmq-server did not start on any of 3 free ports");
+    }
+
+    /// Start on `port`; `None` when the node exits during boot (a port was taken).
+    pub fn start_on(port: u16) -> Option<RabbitServer> {
+        let script = std::env::var("RABBITMQ_SERVER").unwrap_or_else(|_| RABBITMQ_SERVER.to_owned());
+        let install = "install it with `apt-get install -y --no-install-recommends rabbitmq-server`";
+        if !std::path::Path::new(&script).exists() {
+            panic!("rabbitmq-server is not installed ({script} is missing), and the broker tests need a real one: {install} (.ci/run does)");
+        }
+        let (epmd_port, dist_port) = (free_port(), free_port());
+        let dir = crate::TempDir::new();
+        let path = |name: &str| dir.0.join(name);
+        let cookie = path(".erlang.cookie");
+        std::fs::write(&cookie, format!("gatewaytest{port}")).expect("write the Erlang cookie");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // Erlang refuses a cookie that anyone but its owner can read.
+            std::fs::set_permissions(&cookie, std::fs::Permissions::from_mode(0o400)).expect("chmod the cookie");
+        }
+        // A disk alarm would block publishers on a nearly full CI disk: the default limit is 50MB.
+        std::fs::write(path("rabbitmq.conf"), "disk_free_limit.absolute = 1MB\nlog.console = false\n")
+            .expect("write rabbitmq.conf");
+        std::fs::write(path("enabled_plugins"), "[].\n").expect("write enabled_plugins");
+        std::fs::write(path("rabbitmq-env.conf"), "").expect("write rabbitmq-env.conf");
+
+        // Our own epmd, in the broker's process group, started first: `erl` would otherwise start
+        // one with `-daemon`, which leaves the group and outlives the test.
+        let mut epmd = Command::new("epmd");
+        epmd.args(["-address", "127.0.0.1", "-port", &epmd_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut group = ProcessGroup::spawn(&mut epmd, "epmd (erlang-base)", install, &dir.0);
+        let mut waited = 0;
+        while TcpStream::connect(("127.0.0.1", epmd_port)).is_err() {
+            if group.leader_exited() || waited > 200 {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+            waited += 1;
+        }
+
+        let mut rabbit = Command::new(&script);
+        rabbit
+            .env("HOME", &dir.0)
+            .env("ERL_EPMD_PORT", epmd_port.to_string())
+            .env("RABBITMQ_NODENAME", format!("test-{port}@localhost"))
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", port.to_string())
+            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+            .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", "-kernel inet_dist_use_interface {127,0,0,1}")
+            .env("RABBITMQ_MNESIA_BASE", path("mnesia"))
+            .env("RABBITMQ_LOG_BASE", path("log"))
+            .env("RABBITMQ_CONFIG_FILE", path("rabbitmq.conf"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", path("advanced.config"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", path("enabled_plugins"))
+            .env("RABBITMQ_PLUGINS_EXPAND_DIR", path("plugins-expand"))
+            .env("RABBITMQ_CONF_ENV_FILE", path("rabbitmq-env.conf"))
+            .env("RABBITMQ_PID_FILE", path("rabbit.pid"))
+            .current_dir(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        group.spawn_member(&mut rabbit, "rabbitmq-server", install);
+        let mut server = RabbitServer { group, port, dir };
+
+        // Ready when the AMQP listener answers the protocol header with Connection.Start (the
+        // listeners open at the end of the boot); bounded at 60s.
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if server.group.members.iter_mut().all(|m| m.try_wait().ok().flatten().is_some()) {
+                return None;
+            }
+            if amqp_connection_start(port) {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = std::fs::read_to_string(server.dir.0.join("log").join(format!("test-{port}@localhost.log")))
+            .unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
+        panic!("rabbitmq-server on port {port} did not accept AMQP within 60s; its log ends:\n{}", tail.join("\n"));
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:PORT/%2f` (the default vhost; guest may log in over loopback).
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Stop the node now, process group and all (as an outage would).
+    pub fn kill(&mut self) {
+        self.group.kill();
+    }
+}
+
+/// Send the AMQP 0-9-1 protocol header; a broker that is up answers with a method frame
+/// (type 1) on channel 0: Connection.Start.
+fn amqp_connection_start(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut frame = [0u8; 7];
+    s.write_all(b"AMQP\x00\x00\x09\x01").is_ok() && s.read_exact(&mut frame).is_ok() && frame[0] == 1
+}
+
+/// One RabbitMQ node for every test of this binary, started on first use (a node boots in
+/// seconds, so never per test) and killed when the test process exits (see [`ProcessGroup`]).
+pub fn shared_rabbit() -> Arc<RabbitServer> {
+    static SHARED: Mutex<Option<Arc<RabbitServer>>> = Mutex::new(None);
+    let mut slot = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    slot.get_or_insert_with(|| Arc::new(RabbitServer::start())).clone()
+}

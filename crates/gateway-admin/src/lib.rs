@@ -98,6 +98,10 @@ pub trait AdminSource: Send + Sync + 'static {
     fn reload(&self) -> BoxFuture<'static, Result<u64, Vec<String>>>;
     /// Force an endpoint's circuit; the endpoint's new view.
     fn set_circuit(&self, service: &str, address: &str, state: ForcedCircuit) -> Result<serde_json::Value, AdminError>;
+    /// Metrics the runtime knows (endpoint and circuit states), appended to `/metrics`.
+    fn extra_metrics(&self) -> String {
+        String::new()
+    }
 }
 
 /// Shared state of the admin listener.
@@ -212,7 +216,9 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+    let mut text = state.metrics.render();
+    text.push_str(&state.source.extra_metrics());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 
 async fn config(State(state): State<AdminState>) -> Json<serde_json::Value> {

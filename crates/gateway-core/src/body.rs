@@ -16,6 +16,9 @@ pin_project_lite::pin_project! {
     #[project = BodyProj]
     pub enum Body {
         Upstream { #[pin] inner: Incoming },
+        /// An upstream stream that holds something until it ends or is dropped (the
+        /// load balancer's in-flight guard).
+        Guarded { #[pin] inner: Incoming, guard: Box<dyn std::any::Any + Send> },
         Full { #[pin] inner: Full<Bytes> },
         Boxed { #[pin] inner: UnsyncBoxBody<Bytes, BoxError> },
     }
@@ -24,6 +27,15 @@ pin_project_lite::pin_project! {
 impl Body {
     pub fn empty() -> Self {
         Body::Full { inner: Full::new(Bytes::new()) }
+    }
+
+    /// Keep `guard` alive as long as this body: an upstream body gets it attached, any
+    /// other body drops it at once.
+    pub fn guarded(self, guard: Box<dyn std::any::Any + Send>) -> Self {
+        match self {
+            Body::Upstream { inner } => Body::Guarded { inner, guard },
+            other => other,
+        }
     }
 
     pub fn boxed<B>(body: B) -> Self
@@ -52,7 +64,7 @@ impl http_body::Body for Body {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            BodyProj::Upstream { inner } => inner.poll_frame(cx).map_err(Into::into),
+            BodyProj::Upstream { inner } | BodyProj::Guarded { inner, .. } => inner.poll_frame(cx).map_err(Into::into),
             BodyProj::Full { inner } => inner.poll_frame(cx).map_err(|never| match never {}),
             BodyProj::Boxed { inner } => inner.poll_frame(cx),
         }
@@ -60,7 +72,7 @@ impl http_body::Body for Body {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Body::Upstream { inner } => inner.is_end_stream(),
+            Body::Upstream { inner } | Body::Guarded { inner, .. } => inner.is_end_stream(),
             Body::Full { inner } => inner.is_end_stream(),
             Body::Boxed { inner } => inner.is_end_stream(),
         }
@@ -68,7 +80,7 @@ impl http_body::Body for Body {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Body::Upstream { inner } => inner.size_hint(),
+            Body::Upstream { inner } | Body::Guarded { inner, .. } => inner.size_hint(),
             Body::Full { inner } => inner.size_hint(),
             Body::Boxed { inner } => inner.size_hint(),
         }

@@ -4,6 +4,8 @@
 //! [`RouteMetrics`] handle when a configuration is built, holding plain atomics indexed
 //! by method and status. Handles are kept by route name, so counters survive reloads.
 //!
+//! [`trace`] holds distributed tracing: W3C `traceparent`, spans, and OTLP/HTTP export.
+//!
 //! ```
 //! use gateway_telemetry::Metrics;
 //! let metrics = Metrics::new();
@@ -19,6 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::Method;
+
+pub mod trace;
 
 /// The route label of requests that matched no route.
 pub const UNMATCHED_ROUTE: &str = "unmatched";

@@ -4,7 +4,9 @@ use std::sync::{Arc, Weak};
 
 use futures_util::future::BoxFuture;
 use gateway_admin::{AdminError, AdminSource, ForcedCircuit};
-use serde_json::{json, Value};
+use gateway_resilience::Forced;
+use serde_json::{json, Map, Value};
+use std::time::Instant;
 
 use crate::runtime::Action;
 use crate::{Control, Shared};
@@ -56,16 +58,28 @@ impl AdminSource for AdminView {
                     .snapshot()
                     .iter()
                     .map(|endpoint| {
+                        let breaker = service.breakers.existing(endpoint.address());
                         json!({
                             "address": endpoint.address(),
                             "scheme": endpoint.scheme().as_str(),
-                            "healthy": true,
-                            "circuit": "closed",
-                            "in_flight": 0,
+                            "healthy": endpoint.is_healthy(),
+                            "ejected": endpoint.is_ejected(),
+                            "circuit": breaker.as_ref().map_or("closed", |b| b.state(Instant::now()).as_str()),
+                            "circuit_forced": breaker.as_ref().map(|b| b.forced().as_str()),
+                            "in_flight": endpoint.in_flight(),
+                            "weight": endpoint.weight(),
+                            "metadata": endpoint.metadata().map(|m| Value::Object(Map::clone(&m))),
                         })
                     })
                     .collect();
-                json!({ "name": service.name, "endpoints": endpoints })
+                let counts = service.endpoints.counts();
+                json!({
+                    "name": service.name,
+                    "endpoints": endpoints,
+                    "healthy": counts.healthy,
+                    "unhealthy": counts.unhealthy,
+                    "ejected": counts.ejected,
+                })
             })
             .collect();
         services.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
@@ -84,19 +98,66 @@ impl AdminSource for AdminView {
         })
     }
 
-    fn set_circuit(&self, service: &str, address: &str, _state: ForcedCircuit) -> Result<Value, AdminError> {
+    fn set_circuit(&self, service: &str, address: &str, state: ForcedCircuit) -> Result<Value, AdminError> {
         let runtime = self.shared.runtime.load();
-        let known = runtime
-            .services
-            .get(service)
-            .is_some_and(|s| s.endpoints.snapshot().iter().any(|e| e.address() == address));
-        if !known {
-            return Err(AdminError::not_found(format!("service `{service}` has no endpoint `{address}`")));
+        let not_found = || AdminError::not_found(format!("service `{service}` has no endpoint `{address}`"));
+        let svc = runtime.services.get(service).ok_or_else(not_found)?;
+        let endpoint = svc.endpoints.endpoint(address).ok_or_else(not_found)?;
+        let breaker = svc.breakers.get_or_manual(address);
+        let forced = match state {
+            ForcedCircuit::Open => Forced::Open,
+            ForcedCircuit::Closed => Forced::Closed,
+            ForcedCircuit::Auto => Forced::Auto,
+        };
+        let now = Instant::now();
+        if let Some(transition) = breaker.force(forced, now) {
+            tracing::warn!(service, endpoint = address, %transition, forced = forced.as_str(), "circuit forced by the admin API");
         }
-        Err(AdminError {
-            status: axum::http::StatusCode::NOT_IMPLEMENTED,
-            code: "not_implemented",
-            message: "circuit breakers are not available in this build yet".into(),
-        })
+        Ok(json!({
+            "service": service,
+            "address": endpoint.address(),
+            "circuit": breaker.state(now).as_str(),
+            "circuit_forced": breaker.forced().as_str(),
+            "healthy": endpoint.is_healthy(),
+            "in_flight": endpoint.in_flight(),
+        }))
+    }
+
+    fn extra_metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let runtime = self.shared.runtime.load();
+        let now = Instant::now();
+        let mut names: Vec<&String> = runtime.services.keys().collect();
+        names.sort();
+        let mut out = String::new();
+        out.push_str("# HELP gateway_endpoints Endpoints by service and state.\n# TYPE gateway_endpoints gauge\n");
+        for name in &names {
+            let counts = runtime.services[*name].endpoints.counts();
+            for (state, n) in
+                [("healthy", counts.healthy), ("unhealthy", counts.unhealthy), ("ejected", counts.ejected)]
+            {
+                let _ = writeln!(out, "gateway_endpoints{{service=\"{name}\",state=\"{state}\"}} {n}");
+            }
+        }
+        out.push_str("# HELP gateway_circuit_state Circuit state by endpoint: 0 closed, 1 half-open, 2 open.\n");
+        out.push_str("# TYPE gateway_circuit_state gauge\n");
+        for name in &names {
+            let service = &runtime.services[*name];
+            for endpoint in service.endpoints.snapshot().iter() {
+                let state = service.breakers.existing(endpoint.address()).map_or(0, |b| b.state(now).as_gauge());
+                let _ = writeln!(
+                    out,
+                    "gateway_circuit_state{{service=\"{name}\",endpoint=\"{}\"}} {state}",
+                    endpoint.address()
+                );
+            }
+        }
+        out.push_str("# HELP gateway_upstream_retries_total Retries sent, by service.\n");
+        out.push_str("# TYPE gateway_upstream_retries_total counter\n");
+        for name in &names {
+            let retries = runtime.services[*name].metrics_retries.load(std::sync::atomic::Ordering::Relaxed);
+            let _ = writeln!(out, "gateway_upstream_retries_total{{service=\"{name}\"}} {retries}");
+        }
+        out
     }
 }

@@ -13,9 +13,12 @@ use http::header::{HeaderValue, HOST};
 use http_body_util::{BodyExt, Limited};
 
 use crate::runtime::ServiceRuntime;
+use crate::upstream;
 
 pub struct Fetcher<'a> {
     pub services: &'a HashMap<String, Arc<ServiceRuntime>>,
+    /// For client-address load balancing (consistent hashing on `ip`).
+    pub client_ip: std::net::IpAddr,
 }
 
 impl PartFetcher for Fetcher<'_> {
@@ -25,28 +28,24 @@ impl PartFetcher for Fetcher<'_> {
                 .services
                 .get(&*part.service)
                 .ok_or_else(|| PartFailure::Unavailable(format!("no service `{}`", part.service)))?;
-            let endpoint = service
-                .endpoints
-                .pick()
-                .ok_or_else(|| PartFailure::Unavailable(format!("service `{}` has no endpoint", service.name)))?;
-            let mut request = http::Request::builder()
-                .method(part.method)
-                .uri(part.path_and_query)
-                .body(RequestBody::Empty)
-                .map_err(|e| PartFailure::Upstream(e.to_string()))?;
-            *request.headers_mut() = part.headers;
-            if let Ok(host) = HeaderValue::from_str(endpoint.address()) {
-                request.headers_mut().insert(HOST, host);
+            let mut headers = part.headers;
+            if let Ok(host) = HeaderValue::from_str(&service.name) {
+                headers.entry(HOST).or_insert(host);
             }
             let deadline = tokio::time::Instant::now() + part.timeout;
-            let response =
-                service.client.send_measured(&endpoint, request, part.timeout, &service.metrics).await.map_err(
-                    |e| match e.kind {
-                        ErrorKind::GatewayTimeout => PartFailure::Timeout,
-                        ErrorKind::ServiceUnavailable => PartFailure::Unavailable(e.message.into_owned()),
-                        _ => PartFailure::Upstream(e.message.into_owned()),
-                    },
-                )?;
+            let call = upstream::Call {
+                method: part.method,
+                uri: http::Uri::from(part.path_and_query),
+                headers,
+                body: RequestBody::Empty,
+                timeout: part.timeout,
+                client_ip: self.client_ip,
+            };
+            let response = upstream::call(service, call).await.map(|a| a.response).map_err(|(e, _)| match e.kind {
+                ErrorKind::GatewayTimeout => PartFailure::Timeout,
+                ErrorKind::ServiceUnavailable => PartFailure::Unavailable(e.message.into_owned()),
+                _ => PartFailure::Upstream(e.message.into_owned()),
+            })?;
             let (parts, body) = response.into_parts();
             let collect = Limited::new(body, part.max_body as usize).collect();
             let body: Bytes = match tokio::time::timeout_at(deadline, collect).await {

@@ -21,6 +21,7 @@ mod service;
 mod strict;
 mod time;
 mod tls;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,7 +35,7 @@ use gateway_router::RouteTable;
 use gateway_telemetry::Metrics;
 use tokio::sync::watch;
 
-pub use runtime::Runtime;
+pub use runtime::{BuildEnv, Runtime};
 
 /// State every worker shares.
 pub struct Shared {
@@ -42,6 +43,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// TLS termination, when `server.tls` was set at start.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Instances registered through the registry API; lives across reloads.
+    pub registry: Arc<gateway_registry::MemoryRegistry>,
 }
 
 /// Why the gateway could not start.
@@ -170,18 +173,16 @@ impl Control {
             (None, None) => {}
         }
         self.admin.set_token(loaded.config.admin.token.clone());
+        self.shared.registry.set_ttl(loaded.config.registry.ttl.get());
         let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
-        let runtime = match Runtime::build(
-            loaded.config,
-            loaded.routes,
-            &config_dir(&self.path),
-            version,
-            Some(&old),
-            &self.shared.metrics,
-            self.workers,
-        )
-        .await
-        {
+        let base_dir = config_dir(&self.path);
+        let env = BuildEnv {
+            base_dir: &base_dir,
+            registry: &self.shared.registry,
+            metrics: &self.shared.metrics,
+            workers: self.workers,
+        };
+        let runtime = match Runtime::build(loaded.config, loaded.routes, version, Some(&old), &env).await {
             Ok(runtime) => runtime,
             Err(messages) => {
                 let file = self.path.display().to_string();
@@ -244,13 +245,14 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
         None => Vec::new(),
     };
     let admin_token = loaded.config.admin.token.clone();
-    let runtime = Runtime::build(loaded.config, loaded.routes, &config_dir(config_path), 1, None, &metrics, workers)
-        .await
-        .map_err(|messages| {
-            let file = config_path.display().to_string();
-            StartError::Config(messages.into_iter().map(|m| ConfigError::at_start(&file, m)).collect())
-        })?;
-    let shared = Arc::new(Shared { runtime: ArcSwap::from_pointee(runtime), metrics: metrics.clone(), tls });
+    let registry = gateway_registry::MemoryRegistry::new(loaded.config.registry.ttl.get());
+    let base_dir = config_dir(config_path);
+    let env = BuildEnv { base_dir: &base_dir, registry: &registry, metrics: &metrics, workers };
+    let runtime = Runtime::build(loaded.config, loaded.routes, 1, None, &env).await.map_err(|messages| {
+        let file = config_path.display().to_string();
+        StartError::Config(messages.into_iter().map(|m| ConfigError::at_start(&file, m)).collect())
+    })?;
+    let shared = Arc::new(Shared { runtime: ArcSwap::from_pointee(runtime), metrics: metrics.clone(), tls, registry });
     let control = Arc::new_cyclic(|weak| {
         let view = admin::AdminView { shared: shared.clone(), control: weak.clone() };
         let admin = AdminState::new(metrics, Arc::new(view), admin_token);
@@ -291,7 +293,7 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
     }
 
     let mut admin_shutdown = shutdown_rx.clone();
-    let app = gateway_admin::router(admin.clone());
+    let app = gateway_admin::router_with(admin.clone(), gateway_registry::registry_api(shared.registry.clone()));
     let admin_task = tokio::spawn(async move {
         // The admin listener outlives the drain so /readyz can say 503 meanwhile; it
         // stops when the handle finishes shutting down.

@@ -2,16 +2,19 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cors::CorsPolicy;
+use crate::upstream::Breakers;
 use gateway_aggregate::Aggregate;
 use gateway_auth::{IdentityHeaders, Providers, RouteAuth};
 use gateway_config::{Config, IpNet, Route};
 use gateway_proxy::{UpstreamClient, UpstreamSettings};
 use gateway_ratelimit::{RateLimits, RouteLimits};
-use gateway_registry::Endpoints;
+use gateway_registry::{MemoryRegistry, ServiceEndpoints};
+use gateway_resilience::{RetryBudget, RetryPolicy};
 use gateway_router::RouteTable;
 use gateway_telemetry::{Metrics, RouteMetrics, ServiceMetrics, UNMATCHED_ROUTE};
 
@@ -20,10 +23,16 @@ use gateway_telemetry::{Metrics, RouteMetrics, ServiceMetrics, UNMATCHED_ROUTE};
 pub struct ServiceRuntime {
     pub name: String,
     definition: gateway_config::Service,
-    pub endpoints: Endpoints,
+    /// Discovery, health and the load balancer.
+    pub endpoints: ServiceEndpoints,
     pub client: UpstreamClient,
     pub timeout: Duration,
     pub metrics: Arc<ServiceMetrics>,
+    /// One circuit breaker per endpoint (when `circuit_breaker` is set).
+    pub breakers: Breakers,
+    pub retry: Option<RetryPolicy>,
+    pub budget: Option<RetryBudget>,
+    pub metrics_retries: AtomicU64,
 }
 
 /// What a matched route does.
@@ -59,6 +68,18 @@ pub struct RoutePolicy {
     pub metrics: Arc<RouteMetrics>,
 }
 
+/// What a runtime is built with besides its configuration.
+#[derive(Clone, Copy)]
+pub struct BuildEnv<'a> {
+    /// Relative paths in the configuration are relative to this directory.
+    pub base_dir: &'a Path,
+    /// The registry store, which outlives every runtime.
+    pub registry: &'a Arc<MemoryRegistry>,
+    pub metrics: &'a Metrics,
+    /// Worker runtimes, one connection pool set each.
+    pub workers: usize,
+}
+
 pub struct Runtime {
     pub version: u64,
     pub config: Arc<Config>,
@@ -85,12 +106,11 @@ impl Runtime {
     pub async fn build(
         config: Config,
         routes: RouteTable,
-        base_dir: &Path,
         version: u64,
         previous: Option<&Runtime>,
-        metrics: &Metrics,
-        workers: usize,
+        env: &BuildEnv<'_>,
     ) -> Result<Runtime, Vec<String>> {
+        let BuildEnv { base_dir, registry, metrics, workers } = *env;
         let rate_limits = RateLimits::build(&config, previous.map(|p| &p.rate_limits)).map_err(|e| vec![e])?;
         // JWKS providers fetch their keys here: a reload with an unreachable identity
         // provider fails as a whole.
@@ -100,10 +120,18 @@ impl Runtime {
         let identity_headers = IdentityHeaders::from_config(&config);
         let mut services = HashMap::new();
         for (name, definition) in &config.services {
-            let reused = previous.and_then(|p| p.services.get(name)).filter(|s| &s.definition == definition).cloned();
-            let service = match reused {
-                Some(s) => s,
-                None => Arc::new(build_service(name, definition, base_dir, metrics, workers)?),
+            let old = previous.and_then(|p| p.services.get(name));
+            let service = match old.filter(|s| &s.definition == definition) {
+                // Unchanged: pools, health, breakers and balancer state carry over whole.
+                Some(same) => same.clone(),
+                None => {
+                    let fresh = build_service(name, definition, base_dir, registry, metrics, workers)?;
+                    if let Some(old) = old {
+                        // Changed: endpoints that stay keep their health and in-flight counts.
+                        fresh.endpoints.inherit(&old.endpoints);
+                    }
+                    Arc::new(fresh)
+                }
             };
             services.insert(name.clone(), service);
         }
@@ -138,18 +166,18 @@ fn build_service(
     name: &str,
     definition: &gateway_config::Service,
     base_dir: &Path,
+    registry: &Arc<MemoryRegistry>,
     metrics: &Metrics,
     workers: usize,
 ) -> Result<ServiceRuntime, Vec<String>> {
-    let list: Vec<&str> = definition.endpoints.iter().map(|e| e.get_ref().as_str()).collect();
-    // Validation already checked every endpoint; a bad one here is skipped, not fatal.
-    let endpoints = Endpoints::new(list.iter().filter_map(|s| gateway_registry::Endpoint::parse(s).ok()).collect());
+    let endpoints = ServiceEndpoints::from_config(name, definition, registry)
+        .map_err(|e| vec![format!("[services.{name}]: {e}")])?;
     // TLS settings only for services that can reach an https endpoint (registered
     // instances may say https in their metadata, so discovered services get them too).
     let needs_tls = definition.ca_file.is_some()
         || definition.client_cert.is_some()
         || definition.discovery != gateway_config::Discovery::Static
-        || endpoints.snapshot().iter().any(|e| e.scheme() == gateway_registry::Scheme::Https);
+        || definition.endpoints.iter().any(|e| e.get_ref().starts_with("https"));
     let tls = if needs_tls {
         let config = gateway_proxy::tls_client_config(
             definition.ca_file.as_deref(),
@@ -171,6 +199,10 @@ fn build_service(
         client: UpstreamClient::new(&settings, workers),
         timeout: definition.timeout.get(),
         metrics: metrics.service(name),
+        breakers: Breakers::new(definition.circuit_breaker.clone()),
+        retry: definition.retry.as_ref().map(RetryPolicy::new),
+        budget: definition.retry.as_ref().map(RetryBudget::from_config),
+        metrics_retries: AtomicU64::new(0),
     })
 }
 

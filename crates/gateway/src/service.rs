@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use crate::cors;
 use crate::runtime::{Action, RoutePolicy, Runtime};
 use crate::strict::Verdicts;
+use crate::upstream;
 use crate::Shared;
 
 /// Facts about the client connection every request on it shares.
@@ -80,7 +81,7 @@ async fn proxy(
     runtime: &Runtime,
     request_id: &RequestId,
     route_idx: &mut Option<usize>,
-    upstream: &mut Option<String>,
+    upstream_addr: &mut Option<String>,
 ) -> Result<Response<Body>, GatewayError> {
     check_framing(&req)?;
     check_head_size(&req, runtime.max_header_bytes)?;
@@ -179,7 +180,10 @@ async fn proxy(
                 part_timeout: policy.timeout,
                 max_body: policy.max_body_bytes,
             };
-            let answer = action.aggregate.run(ctx, &crate::aggregate::Fetcher { services: &action.services }).await?;
+            let answer = action
+                .aggregate
+                .run(ctx, &crate::aggregate::Fetcher { services: &action.services, client_ip: client.ip })
+                .await?;
             let mut response = Response::new(gateway_core::full(answer.body.clone()));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             if let Some(partial) = answer.partial_header() {
@@ -230,15 +234,20 @@ async fn proxy(
     }
     headers::set_forwarded(&mut parts.headers, &client, if conn.tls { "https" } else { "http" });
     parts.headers.insert(X_REQUEST_ID, request_id.header_value().clone());
-    parts.version = Version::HTTP_11;
-    let body = RequestBody::new(body, policy.max_body_bytes, runtime.body_read_timeout);
-    let upstream_req = Request::from_parts(parts, body);
-
-    let endpoint = service.endpoints.pick().ok_or_else(|| {
-        GatewayError::new(ErrorKind::ServiceUnavailable, format!("service {} has no endpoint", service.name))
+    let call = upstream::Call {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+        body: RequestBody::new(body, policy.max_body_bytes, runtime.body_read_timeout),
+        timeout: policy.timeout,
+        client_ip: client.ip,
+    };
+    let answered = upstream::call(service, call).await.map_err(|(err, endpoint)| {
+        *upstream_addr = endpoint;
+        err
     })?;
-    *upstream = Some(endpoint.address().to_owned());
-    let mut response = service.client.send_measured(&endpoint, upstream_req, policy.timeout, &service.metrics).await?;
+    *upstream_addr = Some(answered.endpoint);
+    let mut response = answered.response;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let upstream_protocol = response.headers().get(UPGRADE).cloned();
     headers::strip_hop_by_hop(response.headers_mut());

@@ -9,4 +9,5 @@ mod lifecycle;
 mod protocols;
 mod proxy;
 mod ratelimit;
+mod resilience;
 mod routing;
