@@ -36,6 +36,11 @@ impl AdminSource for AdminView {
                     "action": match &policy.action {
                         Action::Proxy(service) => format!("service {}", service.name),
                         Action::Aggregate(a) => format!("aggregate {}", a.aggregate.services().collect::<Vec<_>>().join(", ")),
+                        Action::Split { services, .. } => {
+                            let mut names: Vec<&str> = services.keys().map(String::as_str).collect();
+                            names.sort_unstable();
+                            format!("split {}", names.join(", "))
+                        }
                         Action::Unsupported(why) => format!("unavailable: {why}"),
                     },
                     "auth": route.auth.iter().map(|a| a.get_ref()).collect::<Vec<_>>(),

@@ -17,6 +17,10 @@ use gateway_registry::{MemoryRegistry, ServiceEndpoints};
 use gateway_resilience::{RetryBudget, RetryPolicy};
 use gateway_router::RouteTable;
 use gateway_telemetry::{Metrics, RouteMetrics, ServiceMetrics, UNMATCHED_ROUTE};
+use gateway_traffic::cache::CacheStore;
+use gateway_traffic::headers::CompiledTransform;
+use gateway_traffic::mirror::Mirror;
+use gateway_traffic::split::Split;
 
 /// One upstream service: its endpoints, pools and counters. Reused across reloads while
 /// its definition is unchanged, so pools and the balancer's position survive.
@@ -40,6 +44,11 @@ pub enum Action {
     Proxy(Arc<ServiceRuntime>),
     /// Several services, one JSON answer.
     Aggregate(AggregateAction),
+    /// One of several services by weight (canary), optionally sticky per client.
+    Split {
+        split: Split,
+        services: HashMap<String, Arc<ServiceRuntime>>,
+    },
     /// Configured, but this build cannot do it yet: answered 503 rather than guessed at.
     Unsupported(&'static str),
 }
@@ -65,6 +74,13 @@ pub struct RoutePolicy {
     pub auth: Option<RouteAuth>,
     pub forward_authorization: bool,
     pub cors: Option<CorsPolicy>,
+    pub request_headers: Option<CompiledTransform>,
+    pub response_headers: Option<CompiledTransform>,
+    /// Kept across reloads while the route's `cache` is unchanged.
+    pub cache: Option<CacheStore>,
+    pub compress: bool,
+    /// A share of the traffic copied to a shadow service.
+    pub mirror: Option<(Mirror, Arc<ServiceRuntime>)>,
     pub metrics: Arc<RouteMetrics>,
 }
 
@@ -139,7 +155,7 @@ impl Runtime {
         let policies = config
             .routes
             .iter()
-            .map(|route| build_policy(route, &config, &services, &rate_limits, &providers, metrics))
+            .map(|route| build_policy(route, &config, &services, &rate_limits, &providers, previous, metrics))
             .collect::<Result<Vec<_>, String>>()
             .map_err(|e| vec![e])?;
         let trusted_proxies = parse_nets(&config.server.trusted_proxies);
@@ -212,12 +228,15 @@ fn build_policy(
     services: &HashMap<String, Arc<ServiceRuntime>>,
     rate_limits: &RateLimits,
     providers: &Providers,
+    previous: Option<&Runtime>,
     metrics: &Metrics,
 ) -> Result<RoutePolicy, String> {
     let action = if let Some(service) = route.service.as_ref().and_then(|s| services.get(s.get_ref())) {
         Action::Proxy(service.clone())
-    } else if route.split.is_some() {
-        Action::Unsupported("weighted splits are not available in this build yet")
+    } else if let Some(targets) = &route.split {
+        let split = Split::compile(targets, route.sticky_on.as_deref()).map_err(|e| named(route, e))?;
+        let services = split.services().filter_map(|n| Some((n.to_owned(), services.get(n)?.clone()))).collect();
+        Action::Split { split, services }
     } else if let Some(aggregate) =
         Aggregate::compile(route).map_err(|e| format!("route `{}`: {e}", route.name.get_ref()))?
     {
@@ -231,6 +250,7 @@ fn build_policy(
     };
     let service_timeout = match &action {
         Action::Proxy(s) => s.timeout,
+        Action::Split { services, .. } => services.values().map(|s| s.timeout).max().unwrap_or(Duration::from_secs(15)),
         Action::Aggregate(_) | Action::Unsupported(_) => Duration::from_secs(15),
     };
     let timeout = route.timeout.map(|t| t.get().min(service_timeout)).unwrap_or(service_timeout);
@@ -251,6 +271,36 @@ fn build_policy(
         max_in_flight: route.max_in_flight.map(u64::from),
         auth: RouteAuth::compile(route, providers).map_err(|e| format!("route `{}`: {e}", route.name.get_ref()))?,
         forward_authorization: route.forward_authorization,
+        request_headers: route
+            .request_headers
+            .as_ref()
+            .map(CompiledTransform::compile)
+            .transpose()
+            .map_err(|e| named(route, e))?,
+        response_headers: route
+            .response_headers
+            .as_ref()
+            .map(CompiledTransform::compile)
+            .transpose()
+            .map_err(|e| named(route, e))?,
+        cache: match &route.cache {
+            None => None,
+            Some(cache) => Some(match previous_cache(previous, route, cache) {
+                Some(kept) => kept,
+                None => CacheStore::new(cache).map_err(|e| named(route, e))?,
+            }),
+        },
+        compress: route.compress,
+        mirror: match &route.mirror {
+            None => None,
+            Some(m) => {
+                let service = services
+                    .get(m.service.get_ref())
+                    .cloned()
+                    .ok_or_else(|| named(route, "mirror service missing".into()))?;
+                Some((Mirror::compile(m).map_err(|e| named(route, e))?, service))
+            }
+        },
         cors: route
             .cors
             .as_ref()
@@ -259,6 +309,17 @@ fn build_policy(
             .map_err(|e| format!("route `{}`: {e}", route.name.get_ref()))?,
         metrics: metrics.route(route.name.get_ref()),
     })
+}
+
+fn named(route: &Route, message: String) -> String {
+    format!("route `{}`: {message}", route.name.get_ref())
+}
+
+/// The cache store of the same route in the previous runtime, when its definition held.
+fn previous_cache(previous: Option<&Runtime>, route: &Route, cache: &gateway_config::Cache) -> Option<CacheStore> {
+    let previous = previous?;
+    let index = previous.config.routes.iter().position(|r| r.name.get_ref() == route.name.get_ref())?;
+    previous.policies[index].cache.as_ref().filter(|store| store.config() == cache).cloned()
 }
 
 fn parse_nets(list: &[String]) -> Vec<IpNet> {

@@ -12,10 +12,15 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::cors;
-use crate::runtime::{Action, RoutePolicy, Runtime};
+use crate::runtime::{Action, RoutePolicy, Runtime, ServiceRuntime};
 use crate::strict::Verdicts;
 use crate::upstream;
 use crate::Shared;
+use gateway_traffic::cache::{
+    buffer_body, Buffered, CacheRequest, CacheStatus, CachedResponse, Fetched, Lookup, Served,
+};
+use gateway_traffic::compress::{compress_response, should_compress};
+use gateway_traffic::headers::TransformContext;
 
 /// Facts about the client connection every request on it shares.
 #[derive(Clone, Copy)]
@@ -159,8 +164,25 @@ async fn proxy(
         },
     };
 
+    // Header edits run after authentication, so identity placeholders have a principal.
+    if let Some(transform) = &policy.request_headers {
+        let ctx = TransformContext {
+            request_id: request_id.as_str(),
+            client_ip: client.ip,
+            principal: principal.as_ref(),
+            route: &policy.name,
+        };
+        transform.apply(req.headers_mut(), &ctx);
+    }
+
     let service = match &policy.action {
         Action::Proxy(service) => service,
+        Action::Split { split, services } => {
+            let name = split.pick(req.headers(), gateway_traffic::random_u64());
+            services.get(name).ok_or_else(|| {
+                GatewayError::new(ErrorKind::ServiceUnavailable, format!("split names an unknown service `{name}`"))
+            })?
+        }
         Action::Aggregate(action) => {
             let mut headers = http::HeaderMap::new();
             headers.insert(X_REQUEST_ID, request_id.header_value().clone());
@@ -234,20 +256,81 @@ async fn proxy(
     }
     headers::set_forwarded(&mut parts.headers, &client, if conn.tls { "https" } else { "http" });
     parts.headers.insert(X_REQUEST_ID, request_id.header_value().clone());
+    let method = parts.method.clone();
+    let accept_encoding =
+        if policy.compress { parts.headers.get(http::header::ACCEPT_ENCODING).cloned() } else { None };
+    if let Some((mirror, shadow)) = &policy.mirror {
+        mirror_request(mirror, shadow, &parts, &body, client.ip);
+    }
+    let cacheable = upgrade.is_none() && (method == Method::GET || method == Method::HEAD);
+    // The cache looks at the headers after the call took them; otherwise they move.
+    let headers =
+        if cacheable && policy.cache.is_some() { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
     let call = upstream::Call {
-        method: parts.method,
-        uri: parts.uri,
-        headers: parts.headers,
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers,
         body: RequestBody::new(body, policy.max_body_bytes, runtime.body_read_timeout),
         timeout: policy.timeout,
         client_ip: client.ip,
     };
-    let answered = upstream::call(service, call).await.map_err(|(err, endpoint)| {
-        *upstream_addr = endpoint;
-        err
-    })?;
-    *upstream_addr = Some(answered.endpoint);
-    let mut response = answered.response;
+    let mut response = match policy.cache.as_ref().filter(|_| cacheable) {
+        None => send(service, call, upstream_addr).await?,
+        Some(cache) => {
+            let principal_id =
+                principal.as_ref().map(|p| format!("{}:{}", p.provider, p.subject.as_deref().unwrap_or("")));
+            let lookup_request = CacheRequest {
+                method: &method,
+                host: host.as_deref().unwrap_or(""),
+                path: &path,
+                query: uri.query(),
+                headers: &parts.headers,
+                credentialed: principal.is_some(),
+                principal: principal_id.as_deref(),
+            };
+            let head = method == Method::HEAD;
+            match cache.lookup(&lookup_request).await {
+                Lookup::Hit(entry) => {
+                    let mut response = entry.to_response(head);
+                    CacheStatus::Hit.set_header(response.headers_mut());
+                    response
+                }
+                Lookup::Bypass(_) => {
+                    let mut response = send(service, call, upstream_addr).await?;
+                    CacheStatus::Miss.set_header(response.headers_mut());
+                    response
+                }
+                Lookup::Miss(ticket) => {
+                    let buffer = ticket.buffer_policy();
+                    let fetch = async {
+                        let response = send(service, call, upstream_addr).await?;
+                        if !buffer.should_buffer(response.status(), response.headers()) {
+                            return Ok(Fetched::Passthrough(response));
+                        }
+                        let (head_parts, body) = response.into_parts();
+                        match buffer_body(body, buffer.max_body_bytes()).await {
+                            Ok(Buffered::Complete(bytes)) => {
+                                Ok(Fetched::Complete(CachedResponse::new(head_parts.status, head_parts.headers, bytes)))
+                            }
+                            Ok(Buffered::Partial(rest)) => {
+                                Ok(Fetched::Passthrough(Response::from_parts(head_parts, Body::boxed(rest))))
+                            }
+                            Err(e) => {
+                                Err(GatewayError::new(ErrorKind::BadGateway, format!("upstream body failed: {e}")))
+                            }
+                        }
+                    };
+                    let outcome = ticket.fetch(fetch).await?;
+                    let mut response = match outcome.served {
+                        Served::Complete(entry) => entry.to_response(head),
+                        Served::Passthrough(response) => response,
+                    };
+                    outcome.status.set_header(response.headers_mut());
+                    response
+                }
+            }
+        }
+    };
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let upstream_protocol = response.headers().get(UPGRADE).cloned();
     headers::strip_hop_by_hop(response.headers_mut());
@@ -273,7 +356,78 @@ async fn proxy(
     if let Some(decision) = rate {
         decision.write_headers(response.headers_mut());
     }
+    if let Some(transform) = &policy.response_headers {
+        let ctx = TransformContext {
+            request_id: request_id.as_str(),
+            client_ip: client.ip,
+            principal: principal.as_ref(),
+            route: &policy.name,
+        };
+        transform.apply(response.headers_mut(), &ctx);
+    }
+    if let Some(accept) = accept_encoding {
+        let mut asked = http::HeaderMap::new();
+        asked.insert(http::header::ACCEPT_ENCODING, accept);
+        if let Some(encoding) = should_compress(&method, &asked, response.status(), response.headers()) {
+            response = compress_response(response, encoding).map(Body::boxed);
+        }
+    }
     Ok(response)
+}
+
+/// Send upstream through the service's balancer, breakers and retries, remembering
+/// which endpoint answered (for the access log).
+async fn send(
+    service: &ServiceRuntime,
+    call: upstream::Call,
+    upstream_addr: &mut Option<String>,
+) -> Result<Response<Body>, GatewayError> {
+    match upstream::call(service, call).await {
+        Ok(answered) => {
+            *upstream_addr = Some(answered.endpoint);
+            Ok(answered.response)
+        }
+        Err((err, endpoint)) => {
+            *upstream_addr = endpoint;
+            Err(err)
+        }
+    }
+}
+
+/// Copy a bodiless request to the shadow service in the background: its answer is
+/// discarded, and it never slows the client (bounded in-flight copies; requests with a
+/// body are not mirrored in this version).
+fn mirror_request(
+    mirror: &gateway_traffic::mirror::Mirror,
+    shadow: &Arc<ServiceRuntime>,
+    parts: &http::request::Parts,
+    body: &Incoming,
+    client_ip: std::net::IpAddr,
+) {
+    use hyper::body::Body as _;
+    if !body.is_end_stream() || !mirror.should_mirror(gateway_traffic::random_u64()) {
+        return;
+    }
+    let Some(permit) = mirror.try_acquire() else { return };
+    let shadow = shadow.clone();
+    let call = upstream::Call {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
+        body: RequestBody::Empty,
+        timeout: shadow.timeout,
+        client_ip,
+    };
+    tokio::spawn(async move {
+        let _permit = permit;
+        match upstream::call(&shadow, call).await {
+            Ok(answered) => {
+                // Read and drop the answer so the connection goes back to the pool.
+                let _ = http_body_util::BodyExt::collect(answered.response.into_body()).await;
+            }
+            Err((err, _)) => tracing::debug!(service = %shadow.name, error = %err, "mirror request failed"),
+        }
+    });
 }
 
 /// The protocol a request asks to switch to (`Connection: upgrade` with `Upgrade`), HTTP/1.1 only.

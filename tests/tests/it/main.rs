@@ -11,3 +11,4 @@ mod proxy;
 mod ratelimit;
 mod resilience;
 mod routing;
+mod traffic;

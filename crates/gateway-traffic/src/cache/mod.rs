@@ -506,7 +506,41 @@ pub struct MissTicket {
     refresh: bool,
 }
 
+/// What [`MissTicket::should_buffer`] decides with, detached from the ticket so the fetch
+/// future (built before [`MissTicket::fetch`] takes the ticket) can ask it.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferPolicy {
+    private: bool,
+    ttl: Duration,
+    max_entry_bytes: usize,
+}
+
+impl BufferPolicy {
+    /// Same answer as [`MissTicket::should_buffer`].
+    pub fn should_buffer(&self, status: StatusCode, headers: &HeaderMap) -> bool {
+        let within = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_none_or(|n| n <= self.max_entry_bytes as u64);
+        within && storable(status, headers, self.private, self.ttl).is_ok()
+    }
+
+    /// The largest body to buffer (pass to [`buffer_body`]).
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_entry_bytes
+    }
+}
+
 impl MissTicket {
+    /// The buffering decision, to use inside the fetch future.
+    pub fn buffer_policy(&self) -> BufferPolicy {
+        BufferPolicy {
+            private: self.private,
+            ttl: self.store.inner.config.ttl.get(),
+            max_entry_bytes: self.store.inner.limits.max_entry_bytes,
+        }
+    }
+
     /// Whether an upstream answer with this status and these headers could be stored, so is
     /// worth buffering (its `content-length`, when given, is within the entry limit). When
     /// false, pass the answer through as [`Fetched::Passthrough`].
