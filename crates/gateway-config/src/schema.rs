@@ -202,11 +202,14 @@ pub struct Telemetry {
     /// OTLP/HTTP collector for traces.
     pub otlp_endpoint: Option<String>,
     pub service_name: String,
+    /// Share of new traces recorded (an incoming `traceparent`'s sampled flag decides for
+    /// traces that started elsewhere).
+    pub sample_ratio: f64,
 }
 
 impl Default for Telemetry {
     fn default() -> Self {
-        Telemetry { access_log: false, otlp_endpoint: None, service_name: "gateway".to_owned() }
+        Telemetry { access_log: false, otlp_endpoint: None, service_name: "gateway".to_owned(), sample_ratio: 1.0 }
     }
 }
 

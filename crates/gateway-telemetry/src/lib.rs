@@ -187,6 +187,7 @@ struct Inner {
     connections_total: AtomicU64,
     tls_handshakes: AtomicU64,
     tls_handshake_failures: AtomicU64,
+    trace: trace::TraceCounters,
 }
 
 impl Metrics {
@@ -222,6 +223,11 @@ impl Metrics {
     pub fn connection_opened(&self) {
         self.inner.connections_open.fetch_add(1, Ordering::Relaxed);
         self.inner.connections_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The span exporter's counters, shared by every tracer the process builds.
+    pub fn trace_counters(&self) -> trace::TraceCounters {
+        self.inner.trace.clone()
     }
 
     pub fn tls_handshake(&self, ok: bool) {
@@ -341,6 +347,7 @@ impl Metrics {
             "gateway_tls_handshakes_total{{result=\"error\"}} {}",
             self.inner.tls_handshake_failures.load(Ordering::Relaxed)
         );
+        self.inner.trace.render_prometheus(&mut out);
         out
     }
 }

@@ -14,11 +14,14 @@ use http_body_util::{BodyExt, Limited};
 
 use crate::runtime::ServiceRuntime;
 use crate::upstream;
+use gateway_telemetry::trace::{ActiveSpan, Tracer};
 
 pub struct Fetcher<'a> {
     pub services: &'a HashMap<String, Arc<ServiceRuntime>>,
     /// For client-address load balancing (consistent hashing on `ip`).
     pub client_ip: std::net::IpAddr,
+    /// Parts are client spans of the request's server span.
+    pub trace: Option<(&'a Tracer, &'a ActiveSpan)>,
 }
 
 impl PartFetcher for Fetcher<'_> {
@@ -34,6 +37,7 @@ impl PartFetcher for Fetcher<'_> {
             }
             let deadline = tokio::time::Instant::now() + part.timeout;
             let call = upstream::Call {
+                trace: self.trace,
                 method: part.method,
                 uri: http::Uri::from(part.path_and_query),
                 headers,

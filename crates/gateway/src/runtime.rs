@@ -16,6 +16,7 @@ use gateway_ratelimit::{RateLimits, RouteLimits};
 use gateway_registry::{MemoryRegistry, ServiceEndpoints};
 use gateway_resilience::{RetryBudget, RetryPolicy};
 use gateway_router::RouteTable;
+use gateway_telemetry::trace::Tracer;
 use gateway_telemetry::{Metrics, RouteMetrics, ServiceMetrics, UNMATCHED_ROUTE};
 use gateway_traffic::cache::CacheStore;
 use gateway_traffic::headers::CompiledTransform;
@@ -26,6 +27,7 @@ use gateway_traffic::split::Split;
 /// its definition is unchanged, so pools and the balancer's position survive.
 pub struct ServiceRuntime {
     pub name: String,
+    pub trace_name: Arc<str>,
     definition: gateway_config::Service,
     /// Discovery, health and the load balancer.
     pub endpoints: ServiceEndpoints,
@@ -62,6 +64,8 @@ pub struct AggregateAction {
 /// The compiled policy of one route, indexed like `config.routes`.
 pub struct RoutePolicy {
     pub name: String,
+    /// The name as spans carry it, shared so the hot path never allocates it.
+    pub trace_name: Arc<str>,
     pub action: Action,
     pub timeout: Duration,
     pub max_body_bytes: u64,
@@ -107,6 +111,8 @@ pub struct Runtime {
     /// Headers only the gateway may set (`forward_claims`, `x-consumer`): removed from
     /// every incoming request.
     pub identity_headers: IdentityHeaders,
+    /// Spans per request and per upstream attempt, exported over OTLP/HTTP when configured.
+    pub tracer: Arc<Tracer>,
     pub trusted_proxies: Vec<IpNet>,
     pub max_body_bytes: u64,
     pub max_header_bytes: u64,
@@ -134,6 +140,20 @@ impl Runtime {
             .await
             .map_err(|errors| errors.into_iter().map(|(name, e)| format!("[auth.{name}]: {e}")).collect::<Vec<_>>())?;
         let identity_headers = IdentityHeaders::from_config(&config);
+        let telemetry = &config.telemetry;
+        let tracer = match previous.map(|p| &p.tracer).filter(|t| {
+            t.is_configured_as(telemetry.otlp_endpoint.as_deref(), &telemetry.service_name, telemetry.sample_ratio)
+        }) {
+            Some(same) => same.clone(),
+            None => Arc::new(match &telemetry.otlp_endpoint {
+                None => Tracer::disabled(),
+                Some(endpoint) => Tracer::builder(endpoint, &telemetry.service_name)
+                    .sample_ratio(telemetry.sample_ratio)
+                    .counters(metrics.trace_counters())
+                    .build()
+                    .map_err(|e| vec![format!("[telemetry]: {e}")])?,
+            }),
+        };
         let mut services = HashMap::new();
         for (name, definition) in &config.services {
             let old = previous.and_then(|p| p.services.get(name));
@@ -173,6 +193,7 @@ impl Runtime {
             rate_limits,
             providers,
             identity_headers,
+            tracer,
             config: Arc::new(config),
         })
     }
@@ -210,6 +231,7 @@ fn build_service(
         UpstreamSettings { connect_timeout: definition.connect_timeout.get(), tls, ..UpstreamSettings::default() };
     Ok(ServiceRuntime {
         name: name.to_owned(),
+        trace_name: Arc::from(name),
         definition: definition.clone(),
         endpoints,
         client: UpstreamClient::new(&settings, workers),
@@ -262,6 +284,7 @@ fn build_policy(
     };
     Ok(RoutePolicy {
         name: route.name.get_ref().clone(),
+        trace_name: Arc::from(route.name.get_ref().as_str()),
         action,
         timeout,
         max_body_bytes: route.max_body_bytes.unwrap_or(config.server.max_body_bytes).get(),

@@ -16,6 +16,7 @@ use crate::runtime::{Action, RoutePolicy, Runtime, ServiceRuntime};
 use crate::strict::Verdicts;
 use crate::upstream;
 use crate::Shared;
+use gateway_telemetry::trace::{ActiveSpan, TraceContext};
 use gateway_traffic::cache::{
     buffer_body, Buffered, CacheRequest, CacheStatus, CachedResponse, Fetched, Lookup, Served,
 };
@@ -50,10 +51,22 @@ pub async fn handle(
     // The raw-head verdict of this request (HTTP/1 only), popped whatever happens next
     // so the queue stays in step with the requests.
     let verdict = verdicts.map(|v| v.pop());
+    // The server span: an incoming traceparent keeps its trace id; otherwise one starts here.
+    let mut span = runtime
+        .tracer
+        .server_span(TraceContext::from_headers(req.headers()))
+        .method(req.method())
+        .path(req.uri().path_and_query())
+        .host(req.headers().get(HOST))
+        .tls(conn.tls)
+        .client_address(conn.peer)
+        .version(req.version())
+        .start();
     let result = match verdict.and_then(|v| v.problem) {
         Some(problem) => Err(bad_framing(problem.message())),
-        None => proxy(req, conn, &runtime, &request_id, &mut route_idx, &mut upstream).await,
+        None => proxy(req, conn, &runtime, &request_id, &mut span, &mut route_idx, &mut upstream).await,
     };
+    let error_code = result.as_ref().err().map(|e| e.kind.code());
     let mut response = match result {
         Ok(resp) => resp,
         Err(err) => {
@@ -74,8 +87,24 @@ pub async fn handle(
     let policy = route_idx.map(|i| &runtime.policies[i]);
     let route_metrics = policy.map(|p| &p.metrics).unwrap_or(&runtime.unmatched);
     route_metrics.record(&method, response.status().as_u16(), elapsed);
+    span.set_status_code(response.status().as_u16());
+    if let Some(code) = error_code {
+        span.set_error_type(code);
+    }
+    let trace_id = runtime.config.telemetry.access_log.then(|| span.context().trace_id_hex());
+    runtime.tracer.finish(span);
     if let Some(path) = path_for_log {
-        access_log(&request_id, policy, &method, &path, &response, upstream.as_deref(), elapsed);
+        let entry = AccessEntry {
+            request_id: &request_id,
+            policy,
+            method: &method,
+            path: &path,
+            upstream: upstream.as_deref(),
+            error: error_code,
+            trace_id: trace_id.as_deref(),
+            elapsed,
+        };
+        access_log(&entry, &response);
     }
     Ok(response)
 }
@@ -85,6 +114,7 @@ async fn proxy(
     conn: ConnInfo,
     runtime: &Runtime,
     request_id: &RequestId,
+    span: &mut ActiveSpan,
     route_idx: &mut Option<usize>,
     upstream_addr: &mut Option<String>,
 ) -> Result<Response<Body>, GatewayError> {
@@ -110,6 +140,7 @@ async fn proxy(
         })?;
     *route_idx = Some(matched.route);
     let policy: &RoutePolicy = &runtime.policies[matched.route];
+    span.set_route(&policy.trace_name);
     let in_flight = policy.metrics.start();
     let _in_flight = InFlight(policy);
     if policy.max_in_flight.is_some_and(|max| in_flight > max) {
@@ -204,7 +235,14 @@ async fn proxy(
             };
             let answer = action
                 .aggregate
-                .run(ctx, &crate::aggregate::Fetcher { services: &action.services, client_ip: client.ip })
+                .run(
+                    ctx,
+                    &crate::aggregate::Fetcher {
+                        services: &action.services,
+                        client_ip: client.ip,
+                        trace: Some((&runtime.tracer, &*span)),
+                    },
+                )
                 .await?;
             let mut response = Response::new(gateway_core::full(answer.body.clone()));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -267,6 +305,7 @@ async fn proxy(
     let headers =
         if cacheable && policy.cache.is_some() { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
     let call = upstream::Call {
+        trace: Some((&runtime.tracer, &*span)),
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         headers,
@@ -379,7 +418,7 @@ async fn proxy(
 /// which endpoint answered (for the access log).
 async fn send(
     service: &ServiceRuntime,
-    call: upstream::Call,
+    call: upstream::Call<'_>,
     upstream_addr: &mut Option<String>,
 ) -> Result<Response<Body>, GatewayError> {
     match upstream::call(service, call).await {
@@ -411,6 +450,7 @@ fn mirror_request(
     let Some(permit) = mirror.try_acquire() else { return };
     let shadow = shadow.clone();
     let call = upstream::Call {
+        trace: None,
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         headers: parts.headers.clone(),
@@ -545,28 +585,35 @@ fn routing_host(req: &Request<Incoming>) -> Result<Option<String>, GatewayError>
     }
 }
 
-fn access_log(
-    request_id: &RequestId,
-    policy: Option<&RoutePolicy>,
-    method: &Method,
-    path: &str,
-    response: &Response<Body>,
-    upstream: Option<&str>,
+/// What one access-log line says about a request.
+struct AccessEntry<'a> {
+    request_id: &'a RequestId,
+    policy: Option<&'a RoutePolicy>,
+    method: &'a Method,
+    path: &'a str,
+    upstream: Option<&'a str>,
+    /// The error code when the gateway answered itself.
+    error: Option<&'static str>,
+    trace_id: Option<&'a str>,
     elapsed: std::time::Duration,
-) {
+}
+
+fn access_log(entry: &AccessEntry<'_>, response: &Response<Body>) {
     use std::io::Write as _;
     let bytes =
         response.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let line = serde_json::json!({
         "ts": crate::time::now_rfc3339(),
-        "request_id": request_id.as_str(),
-        "route": policy.map(|p| p.name.as_str()),
-        "method": method.as_str(),
-        "path": path,
+        "request_id": entry.request_id.as_str(),
+        "route": entry.policy.map(|p| p.name.as_str()),
+        "method": entry.method.as_str(),
+        "path": entry.path,
         "status": response.status().as_u16(),
-        "upstream": upstream,
-        "duration_ms": elapsed.as_secs_f64() * 1000.0,
+        "upstream": entry.upstream,
+        "duration_ms": entry.elapsed.as_secs_f64() * 1000.0,
         "bytes": bytes,
+        "error": entry.error,
+        "trace_id": entry.trace_id,
     });
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");

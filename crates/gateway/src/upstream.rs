@@ -17,6 +17,7 @@ use http::header::{HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 
 use crate::runtime::ServiceRuntime;
+use gateway_telemetry::trace::{ActiveSpan, Tracer, TRACEPARENT, TRACESTATE};
 
 /// The circuit breakers of one service, one per endpoint address, made on first use.
 #[derive(Default)]
@@ -72,7 +73,10 @@ impl Breakers {
 }
 
 /// What to send: the parts of the upstream request, rebuilt for each try.
-pub struct Call {
+pub struct Call<'a> {
+    /// The request's server span: each try is a client span under it, and its id is the
+    /// `traceparent` the upstream sees.
+    pub trace: Option<(&'a Tracer, &'a ActiveSpan)>,
     pub method: Method,
     pub uri: Uri,
     pub headers: HeaderMap,
@@ -89,7 +93,7 @@ pub struct Answered {
 }
 
 /// Call `service`, with its balancer, breakers, passive health and retries.
-pub async fn call(service: &ServiceRuntime, call: Call) -> Result<Answered, (GatewayError, Option<String>)> {
+pub async fn call(service: &ServiceRuntime, call: Call<'_>) -> Result<Answered, (GatewayError, Option<String>)> {
     let started = Instant::now();
     let deadline = started + call.timeout;
     let retryable_request =
@@ -122,7 +126,30 @@ pub async fn call(service: &ServiceRuntime, call: Call) -> Result<Answered, (Gat
         // The last possible try takes the headers; earlier ones send a copy.
         *request.headers_mut() =
             if tries >= max_tries { headers.take().unwrap_or_default() } else { headers.clone().unwrap_or_default() };
+        let mut span = call.trace.map(|(tracer, server)| {
+            let endpoint = picked.endpoint();
+            let span = tracer
+                .client_span(server)
+                .method(&call.method)
+                .path(call.uri.path_and_query())
+                .upstream(&endpoint.uri_scheme(), endpoint.authority())
+                .service(&service.trace_name)
+                .resend_count(tries - 1)
+                .start();
+            request.headers_mut().insert(TRACEPARENT, span.traceparent());
+            if !server.has_remote_parent() {
+                request.headers_mut().remove(TRACESTATE);
+            }
+            (tracer, span)
+        });
         let result = service.client.send_measured(picked.endpoint(), request, per_try, &service.metrics).await;
+        if let Some((tracer, mut span)) = span.take() {
+            match &result {
+                Ok(resp) => span.set_status_code(resp.status().as_u16()),
+                Err(err) => span.set_error_type(err.kind.code()),
+            }
+            tracer.finish(span);
+        }
 
         let failure = match &result {
             Ok(resp) => {

@@ -6,6 +6,7 @@ mod aggregate;
 mod auth;
 mod framing;
 mod lifecycle;
+mod observability;
 mod protocols;
 mod proxy;
 mod ratelimit;
