@@ -16,6 +16,63 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
+/// The demo service that is not in `gateway.toml`'s endpoints: it registers itself
+/// through the registry API, as a service in a real fleet would.
+pub const SELF_REGISTERING: &str = "inventory";
+const SELF_REGISTERING_ADDR: &str = "127.0.0.1:9004";
+
+/// Start the self-registering demo service, register it with the gateway's registry API
+/// on `admin`, and keep heartbeating (every 10 s; the registry's default TTL is 30 s).
+pub async fn start_self_registering(admin: SocketAddr, token: Option<String>) -> Result<(), String> {
+    let addr: SocketAddr = SELF_REGISTERING_ADDR.parse().map_err(|e| format!("{e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot start demo service `{SELF_REGISTERING}` on {addr}: {e}"))?;
+    tokio::spawn(run_backend(listener, SELF_REGISTERING.to_owned(), addr));
+    let path = format!("/registry/services/{SELF_REGISTERING}/instances/{SELF_REGISTERING}-1");
+    let body = format!(r#"{{"address": "{addr}", "metadata": {{"version": "1.4.2", "zone": "demo"}}}}"#);
+    admin_request(admin, "PUT", &path, &body, token.as_deref()).await?;
+    tokio::spawn(async move {
+        let heartbeat = format!("{path}/heartbeat");
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            if admin_request(admin, "PUT", &heartbeat, "", token.as_deref()).await.is_err() {
+                // Unknown after a restart of the registry: register again.
+                let _ = admin_request(admin, "PUT", &path, &body, token.as_deref()).await;
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn admin_request(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> Result<(), String> {
+    let stream = tokio::net::TcpStream::connect(admin).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", admin.to_string())
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request.body(Full::new(Bytes::from(body.to_owned()))).map_err(|e| e.to_string())?;
+    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("{method} {path}: {}", response.status()))
+    }
+}
+
 /// Start a demo backend on every static endpoint of the services in `config_path`.
 pub async fn start_backends(config_path: &Path) -> Result<(), String> {
     let config =
@@ -41,6 +98,9 @@ pub fn print_examples(addr: SocketAddr, admin: SocketAddr) {
          curl -s http://{addr}/api/users/42\n  \
          curl -s http://{addr}/api/users\n  \
          curl -s 'http://{addr}/api/orders?user_id=42'\n  \
+         curl -s http://{addr}/api/profile/42              # one answer from two services\n  \
+         curl -s http://{addr}/api/inventory/items         # a service that registered itself\n  \
+         curl -s http://{admin}/registry/services/inventory\n  \
          curl -s -X POST -d '{{\"item\":\"book\"}}' http://{addr}/api/orders\n  \
          curl -s -i http://{addr}/api/unknown            # 404 route_not_found\n  \
          curl -s -i -X DELETE http://{addr}/api/users/42 # 405 with allow\n  \

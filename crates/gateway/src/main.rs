@@ -112,6 +112,10 @@ fn serve(path: PathBuf, demo: bool) -> ExitCode {
             }
         };
         if demo {
+            let token = std::env::var("GATEWAY_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+            if let Err(e) = gateway::demo::start_self_registering(handle.admin_addr, token).await {
+                eprintln!("demo: {e}");
+            }
             gateway::demo::print_examples(handle.addr, handle.admin_addr);
         }
         signals.wait(&handle).await;
