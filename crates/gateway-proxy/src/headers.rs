@@ -12,6 +12,8 @@ const PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authoriza
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Remove the hop-by-hop headers of RFC 9110 §7.6.1 and every header `Connection` names.
 /// `te: trailers` survives when the client sent it: gRPC servers require it, and it is
@@ -70,6 +72,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientAddr, proto: &'stat
             }
         }
     } else {
+        // Client-made claims about the client never travel on: upstreams that read them
+        // would believe what the gateway itself refused to believe.
+        headers.remove(X_REAL_IP);
+        headers.remove(FORWARDED);
         headers.insert(X_FORWARDED_FOR, peer);
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         match headers.get(HOST).cloned() {

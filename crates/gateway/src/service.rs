@@ -565,7 +565,7 @@ fn routing_host(req: &Request<Incoming>) -> Result<Option<String>, GatewayError>
         None => None,
     };
     if req.headers().get_all(HOST).iter().count() > 1 {
-        return Err(GatewayError::new(ErrorKind::BadRequest, "several host headers"));
+        return Err(GatewayError::new(ErrorKind::BadRequest, "several host headers").closing());
     }
     match req.uri().authority() {
         None => Ok(header),

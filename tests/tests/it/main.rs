@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod aggregate;
+mod attacks;
 mod auth;
 mod framing;
 mod lifecycle;
