@@ -254,7 +254,7 @@ fn nats_info(port: u16) -> bool {
 }
 
 /// One JetStream-enabled `nats-server` for every test of this binary, started on first use and
-/// killed when the test process exits (see [`ProcessGroup`]).
+/// killed when the test process exits (a watchdog kills its process group).
 pub fn shared_nats() -> Arc<NatsServer> {
     static SHARED: Mutex<Option<Arc<NatsServer>>> = Mutex::new(None);
     let mut slot = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
@@ -293,7 +293,10 @@ impl RabbitServer {
         let script = std::env::var("RABBITMQ_SERVER").unwrap_or_else(|_| RABBITMQ_SERVER.to_owned());
         let install = "install it with `apt-get install -y --no-install-recommends rabbitmq-server`";
         if !std::path::Path::new(&script).exists() {
-            panic!("rabbitmq-server is not installed ({script} is missing), and the broker tests need a real one: {install} (.ci/run does)");
+            panic!(
+                "rabbitmq-server is not installed ({script} is missing), and the broker tests need a real one: \
+                 {install} (.ci/run does)"
+            );
         }
         let (epmd_port, dist_port) = (free_port(), free_port());
         let dir = crate::TempDir::new();
@@ -389,7 +392,7 @@ fn amqp_connection_start(port: u16) -> bool {
 }
 
 /// One RabbitMQ node for every test of this binary, started on first use (a node boots in
-/// seconds, so never per test) and killed when the test process exits (see [`ProcessGroup`]).
+/// seconds, so never per test) and killed when the test process exits (a watchdog kills its process group).
 pub fn shared_rabbit() -> Arc<RabbitServer> {
     static SHARED: Mutex<Option<Arc<RabbitServer>>> = Mutex::new(None);
     let mut slot = SHARED.lock().unwrap_or_else(PoisonError::into_inner);

@@ -665,7 +665,14 @@ pub struct Subscription {
     pub deliver_to: DeliverTo,
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+    /// Messages delivered at once; 1 keeps their order.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
     pub dead_letter: Option<String>,
+}
+
+fn default_concurrency() -> u32 {
+    1
 }
 
 fn default_attempts() -> u32 {

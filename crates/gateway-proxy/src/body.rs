@@ -25,6 +25,8 @@ pin_project_lite::pin_project! {
     #[project = RequestBodyProj]
     pub enum RequestBody {
         Empty,
+        /// Bytes the gateway holds (a queued message delivered over HTTP).
+        Bytes { data: Option<Bytes> },
         Streaming {
             #[pin] inner: Incoming,
             remaining: u64,
@@ -52,6 +54,7 @@ impl http_body::Body for RequestBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project() {
             RequestBodyProj::Empty => Poll::Ready(None),
+            RequestBodyProj::Bytes { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             RequestBodyProj::Streaming { inner, remaining, limit, idle, deadline } => {
                 let frame = match inner.poll_frame(cx) {
                     Poll::Ready(frame) => frame,
@@ -83,6 +86,7 @@ impl http_body::Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
+            RequestBody::Bytes { data } => data.is_none(),
             RequestBody::Streaming { inner, .. } => inner.is_end_stream(),
         }
     }
@@ -90,6 +94,7 @@ impl http_body::Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Bytes { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             RequestBody::Streaming { inner, .. } => inner.size_hint(),
         }
     }

@@ -41,6 +41,7 @@ impl AdminSource for AdminView {
                             names.sort_unstable();
                             format!("split {}", names.join(", "))
                         }
+                        Action::Publish(p) => format!("publish ({:?})", p.kind).to_lowercase(),
                         Action::Unsupported(why) => format!("unavailable: {why}"),
                     },
                     "auth": route.auth.iter().map(|a| a.get_ref()).collect::<Vec<_>>(),

@@ -15,10 +15,12 @@ mod aggregate;
 mod cors;
 pub mod demo;
 mod idle;
+mod publish;
 mod runtime;
 mod server;
 mod service;
 mod strict;
+mod subscriptions;
 mod time;
 mod tls;
 mod upstream;
@@ -125,6 +127,8 @@ struct Control {
     reloading: tokio::sync::Mutex<()>,
     /// The listener's SNI resolver; reloads swap the certificates it holds.
     certs: Option<Arc<tls::CertResolver>>,
+    /// Queue consumers; kept across reloads while their definitions hold.
+    subscriptions: Mutex<Vec<subscriptions::Running>>,
 }
 
 impl Control {
@@ -191,7 +195,13 @@ impl Control {
                 return Err(errors);
             }
         };
-        self.shared.runtime.store(Arc::new(runtime));
+        let runtime = Arc::new(runtime);
+        self.shared.runtime.store(runtime.clone());
+        subscriptions::reconcile(
+            &mut self.subscriptions.lock().unwrap_or_else(|e| e.into_inner()),
+            &runtime,
+            &self.shared,
+        );
         *self.hash.lock().unwrap_or_else(|e| e.into_inner()) = Some(loaded.hash);
         self.shared.metrics.reload(true);
         self.admin.set_config_status(ConfigStatus { version, loaded_at: time::now_rfc3339(), last_error: None });
@@ -266,9 +276,15 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
             version: AtomicU64::new(1),
             reloading: tokio::sync::Mutex::new(()),
             certs,
+            subscriptions: Mutex::new(Vec::new()),
         }
     });
     let admin = control.admin.clone();
+    subscriptions::reconcile(
+        &mut control.subscriptions.lock().unwrap_or_else(|e| e.into_inner()),
+        &shared.runtime.load_full(),
+        &shared,
+    );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut threads = Vec::with_capacity(workers);
@@ -405,6 +421,8 @@ impl GatewayHandle {
             }
         })
         .await;
+        let running = std::mem::take(&mut *self.control.subscriptions.lock().unwrap_or_else(|e| e.into_inner()));
+        subscriptions::shutdown(running).await;
         drop(self.shutdown);
         let _ = self.admin_task.await;
     }

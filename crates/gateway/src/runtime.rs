@@ -11,6 +11,7 @@ use crate::upstream::Breakers;
 use gateway_aggregate::Aggregate;
 use gateway_auth::{IdentityHeaders, Providers, RouteAuth};
 use gateway_config::{Config, IpNet, Route};
+use gateway_events::{BrokerOptions, Brokers};
 use gateway_proxy::{UpstreamClient, UpstreamSettings};
 use gateway_ratelimit::{RateLimits, RouteLimits};
 use gateway_registry::{MemoryRegistry, ServiceEndpoints};
@@ -46,6 +47,8 @@ pub enum Action {
     Proxy(Arc<ServiceRuntime>),
     /// Several services, one JSON answer.
     Aggregate(AggregateAction),
+    /// The body becomes a message on a broker; 202 once the broker confirmed it.
+    Publish(PublishAction),
     /// One of several services by weight (canary), optionally sticky per client.
     Split {
         split: Split,
@@ -53,6 +56,18 @@ pub enum Action {
     },
     /// Configured, but this build cannot do it yet: answered 503 rather than guessed at.
     Unsupported(&'static str),
+}
+
+/// A publish route's broker and where its messages go.
+pub struct PublishAction {
+    pub broker: Arc<dyn gateway_events::Broker>,
+    pub kind: gateway_config::BrokerKind,
+    /// AMQP exchange (`""`: the default exchange).
+    pub exchange: String,
+    /// AMQP routing key or NATS subject, with `{param}` placeholders.
+    pub key_template: String,
+    /// Configured message headers.
+    pub headers: Vec<(String, String)>,
 }
 
 /// An aggregate route: its compiled parts and the services they call.
@@ -111,6 +126,7 @@ pub struct Runtime {
     /// Headers only the gateway may set (`forward_claims`, `x-consumer`): removed from
     /// every incoming request.
     pub identity_headers: IdentityHeaders,
+    pub brokers: Brokers,
     /// Spans per request and per upstream attempt, exported over OTLP/HTTP when configured.
     pub tracer: Arc<Tracer>,
     pub trusted_proxies: Vec<IpNet>,
@@ -140,6 +156,10 @@ impl Runtime {
             .await
             .map_err(|errors| errors.into_iter().map(|(name, e)| format!("[auth.{name}]: {e}")).collect::<Vec<_>>())?;
         let identity_headers = IdentityHeaders::from_config(&config);
+        // Brokers connect here (bounded); unchanged ones are kept with their connections.
+        let brokers = Brokers::build(&config.brokers, previous.map(|p| &p.brokers), &BrokerOptions::default())
+            .await
+            .map_err(|e| vec![format!("[brokers]: {e}")])?;
         let telemetry = &config.telemetry;
         let tracer = match previous.map(|p| &p.tracer).filter(|t| {
             t.is_configured_as(telemetry.otlp_endpoint.as_deref(), &telemetry.service_name, telemetry.sample_ratio)
@@ -175,7 +195,18 @@ impl Runtime {
         let policies = config
             .routes
             .iter()
-            .map(|route| build_policy(route, &config, &services, &rate_limits, &providers, previous, metrics))
+            .map(|route| {
+                let pieces = Pieces {
+                    config: &config,
+                    services: &services,
+                    rate_limits: &rate_limits,
+                    providers: &providers,
+                    brokers: &brokers,
+                    previous,
+                    metrics,
+                };
+                build_policy(route, &pieces)
+            })
             .collect::<Result<Vec<_>, String>>()
             .map_err(|e| vec![e])?;
         let trusted_proxies = parse_nets(&config.server.trusted_proxies);
@@ -193,6 +224,7 @@ impl Runtime {
             rate_limits,
             providers,
             identity_headers,
+            brokers,
             tracer,
             config: Arc::new(config),
         })
@@ -244,17 +276,39 @@ fn build_service(
     })
 }
 
-fn build_policy(
-    route: &Route,
-    config: &Config,
-    services: &HashMap<String, Arc<ServiceRuntime>>,
-    rate_limits: &RateLimits,
-    providers: &Providers,
-    previous: Option<&Runtime>,
-    metrics: &Metrics,
-) -> Result<RoutePolicy, String> {
+/// The named pieces a route's policy refers to, already built for this runtime.
+#[derive(Clone, Copy)]
+struct Pieces<'a> {
+    config: &'a Config,
+    services: &'a HashMap<String, Arc<ServiceRuntime>>,
+    rate_limits: &'a RateLimits,
+    providers: &'a Providers,
+    brokers: &'a Brokers,
+    previous: Option<&'a Runtime>,
+    metrics: &'a Metrics,
+}
+
+fn build_policy(route: &Route, pieces: &Pieces<'_>) -> Result<RoutePolicy, String> {
+    let Pieces { config, services, rate_limits, providers, brokers, previous, metrics } = *pieces;
     let action = if let Some(service) = route.service.as_ref().and_then(|s| services.get(s.get_ref())) {
         Action::Proxy(service.clone())
+    } else if let Some(publish) = &route.publish {
+        let broker = brokers
+            .get(publish.broker.get_ref())
+            .cloned()
+            .ok_or_else(|| named(route, format!("no broker `{}`", publish.broker.get_ref())))?;
+        let kind = config.brokers[publish.broker.get_ref()].kind;
+        let key_template = match kind {
+            gateway_config::BrokerKind::Nats => publish.subject.clone().unwrap_or_default(),
+            _ => publish.routing_key.clone().unwrap_or_default(),
+        };
+        Action::Publish(PublishAction {
+            broker,
+            kind,
+            exchange: publish.exchange.clone().unwrap_or_default(),
+            key_template,
+            headers: publish.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        })
     } else if let Some(targets) = &route.split {
         let split = Split::compile(targets, route.sticky_on.as_deref()).map_err(|e| named(route, e))?;
         let services = split.services().filter_map(|n| Some((n.to_owned(), services.get(n)?.clone()))).collect();
@@ -273,7 +327,7 @@ fn build_policy(
     let service_timeout = match &action {
         Action::Proxy(s) => s.timeout,
         Action::Split { services, .. } => services.values().map(|s| s.timeout).max().unwrap_or(Duration::from_secs(15)),
-        Action::Aggregate(_) | Action::Unsupported(_) => Duration::from_secs(15),
+        Action::Aggregate(_) | Action::Publish(_) | Action::Unsupported(_) => Duration::from_secs(15),
     };
     let timeout = route.timeout.map(|t| t.get().min(service_timeout)).unwrap_or(service_timeout);
     let limits = if route.rate_limit.is_empty() {

@@ -254,6 +254,14 @@ async fn proxy(
             }
             return Ok(response);
         }
+        Action::Publish(action) => {
+            let mut response =
+                crate::publish::publish(action, req, &matched.params, policy, runtime, request_id).await?;
+            if let Some(decision) = rate {
+                decision.write_headers(response.headers_mut());
+            }
+            return Ok(response);
+        }
         Action::Unsupported(why) => return Err(GatewayError::new(ErrorKind::ServiceUnavailable, *why)),
     };
 

@@ -5,6 +5,7 @@
 mod aggregate;
 mod attacks;
 mod auth;
+mod events;
 mod framing;
 mod lifecycle;
 mod observability;
