@@ -120,7 +120,7 @@ where
     let server_cfg = shared.runtime.load().config.server.clone();
     if is_h2 {
         let svc_shared = shared.clone();
-        let svc = service_fn(move |req| handle(req, conn, None, svc_shared.clone()));
+        let svc = service_fn(move |req| Box::pin(handle(req, conn, None, svc_shared.clone())));
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -147,7 +147,9 @@ where
         let verdicts = Verdicts::default();
         let io = StrictIo::new(io, verdicts.clone());
         let svc_shared = shared.clone();
-        let svc = service_fn(move |req| handle(req, conn, Some(verdicts.clone()), svc_shared.clone()));
+        // Boxed: the request future is large (every route action lives in it), and hyper
+        // keeps the service future inline in each connection, idle ones included.
+        let svc = service_fn(move |req| Box::pin(handle(req, conn, Some(verdicts.clone()), svc_shared.clone())));
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
