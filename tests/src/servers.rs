@@ -354,9 +354,9 @@ impl RabbitServer {
         let mut server = RabbitServer { group, port, dir };
 
         // Ready when the AMQP listener answers the protocol header with Connection.Start (the
-        // listeners open at the end of the boot); bounded at 60s.
+        // listeners open at the end of the boot); bounded at 120s (a busy 2-core machine boots slowly).
         let started = std::time::Instant::now();
-        while started.elapsed() < Duration::from_secs(60) {
+        while started.elapsed() < Duration::from_secs(120) {
             if server.group.members.iter_mut().all(|m| m.try_wait().ok().flatten().is_some()) {
                 return None;
             }
@@ -368,7 +368,7 @@ impl RabbitServer {
         let log = std::fs::read_to_string(server.dir.0.join("log").join(format!("test-{port}@localhost.log")))
             .unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
-        panic!("rabbitmq-server on port {port} did not accept AMQP within 60s; its log ends:\n{}", tail.join("\n"));
+        panic!("rabbitmq-server on port {port} did not accept AMQP within 120s; its log ends:\n{}", tail.join("\n"));
     }
 
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f` (the default vhost; guest may log in over loopback).
