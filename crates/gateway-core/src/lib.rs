@@ -18,8 +18,10 @@ mod body;
 mod error;
 mod principal;
 mod request_id;
+mod util;
 
 pub use body::{full, Body, BoxError};
 pub use error::{Blame, ErrorKind, GatewayError};
 pub use principal::Principal;
 pub use request_id::{RequestId, X_REQUEST_ID};
+pub use util::{cookie, random_u64};

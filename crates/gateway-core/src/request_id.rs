@@ -1,6 +1,4 @@
-use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{HeaderName, HeaderValue};
 
@@ -24,18 +22,7 @@ impl RequestId {
     /// processes (time-seeded per thread, plus a global counter).
     pub fn generate() -> Self {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        thread_local! {
-            static STATE: Cell<u64> = Cell::new(seed());
-        }
-        let random = STATE.with(|s| {
-            // xorshift64*: cheap, not cryptographic; ids need uniqueness, not secrecy.
-            let mut x = s.get();
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            s.set(x);
-            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        });
+        let random = crate::random_u64();
         let count = COUNTER.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; 32];
         hex(random, &mut buf[..16]);
@@ -57,12 +44,6 @@ fn is_sane(bytes: &[u8]) -> bool {
     !bytes.is_empty()
         && bytes.len() <= 128
         && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
-fn seed() -> u64 {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    let addr = &nanos as *const u64 as u64;
-    (nanos ^ addr.rotate_left(32) ^ std::process::id() as u64) | 1
 }
 
 fn hex(mut v: u64, out: &mut [u8]) {

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use http::header::{HeaderMap, HeaderName, COOKIE};
+use http::header::{HeaderMap, HeaderName};
 use tokio::time::Instant;
 
 use crate::state::{EndpointState, Picked};
@@ -91,16 +91,7 @@ impl HashOn {
 }
 
 /// The value of cookie `name` in any `cookie` header.
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
-    headers.get_all(COOKIE).iter().flat_map(|v| v.as_bytes().split(|b| *b == b';')).find_map(|pair| {
-        let pair = pair.trim_ascii();
-        let eq = pair.iter().position(|b| *b == b'=')?;
-        (pair[..eq].trim_ascii() == name.as_bytes()).then(|| {
-            let value = pair[eq + 1..].trim_ascii();
-            value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value)
-        })
-    })
-}
+use gateway_core::cookie;
 
 /// What a pick may look at in the request.
 #[derive(Debug, Clone, Copy, Default)]
@@ -403,7 +394,6 @@ pub(crate) fn request_key(balancer: &Balancer, ctx: &PickContext<'_>) -> Option<
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use http::HeaderValue;
 
     #[test]
     fn parses_hash_on() {
@@ -413,18 +403,6 @@ mod tests {
         for bad in ["", "ip:1", "header:", "header:bad name", "cookie:", "cookie:a=b", "query:x"] {
             assert!(HashOn::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn finds_cookies() {
-        let mut h = HeaderMap::new();
-        h.append(COOKIE, HeaderValue::from_static("a=1; session=\"abc\""));
-        h.append(COOKIE, HeaderValue::from_static("other=2;sid= xyz "));
-        assert_eq!(cookie(&h, "session"), Some(&b"abc"[..]));
-        assert_eq!(cookie(&h, "sid"), Some(&b"xyz"[..]));
-        assert_eq!(cookie(&h, "a"), Some(&b"1"[..]));
-        assert_eq!(cookie(&h, "missing"), None);
-        assert_eq!(cookie(&h, "sessio"), None);
     }
 
     #[test]

@@ -1,23 +1,8 @@
 //! Small helpers: a per-thread random generator, a stable hash, RFC 3339 times.
 
-use std::cell::Cell;
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-thread_local! {
-    /// splitmix64 state, seeded from the process's random hasher keys and the thread.
-    static RNG: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()) | 1);
-}
-
-/// A fast, non-cryptographic random number (load balancing and jitter only).
-pub(crate) fn random_u64() -> u64 {
-    RNG.with(|state| {
-        let next = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-        state.set(next);
-        mix64(next)
-    })
-}
+pub(crate) use gateway_core::random_u64;
 
 /// A random index below `n` (`n > 0`).
 pub(crate) fn random_below(n: usize) -> usize {

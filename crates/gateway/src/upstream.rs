@@ -194,7 +194,7 @@ pub async fn call(service: &ServiceRuntime, call: Call<'_>) -> Result<Answered, 
         tried.push(address);
         drop(picked);
         if let Some(policy) = &service.retry {
-            let pause = policy.backoff(tries, random());
+            let pause = policy.backoff(tries, gateway_core::random_u64());
             let left = deadline.saturating_duration_since(Instant::now());
             tokio::time::sleep(pause.min(left)).await;
         }
@@ -266,20 +266,4 @@ fn failure_kind(err: &GatewayError) -> FailureKind {
         _ if err.retryable => FailureKind::ConnectFailure,
         _ => FailureKind::Reset,
     }
-}
-
-/// A random number for back-off jitter (splitmix64 over a per-thread counter).
-fn random() -> u64 {
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7),
-        );
-    }
-    STATE.with(|s| {
-        let mut z = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-        s.set(z);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    })
 }
