@@ -158,6 +158,40 @@ impl AdminSource for AdminView {
                 );
             }
         }
+        out.push_str("# HELP gateway_broker_connected Broker connection state: 1 connected, 0 not.\n");
+        out.push_str("# TYPE gateway_broker_connected gauge\n");
+        for (name, broker) in runtime.brokers.iter() {
+            let _ = writeln!(
+                out,
+                "gateway_broker_connected{{broker=\"{name}\"}} {}",
+                u8::from(broker.state().is_connected())
+            );
+        }
+        out.push_str("# HELP gateway_broker_publish_total Messages published, by broker and outcome.\n");
+        out.push_str("# TYPE gateway_broker_publish_total counter\n");
+        for (name, broker) in runtime.brokers.iter() {
+            let m = broker.metrics();
+            for (outcome, n) in [("published", m.published()), ("confirmed", m.confirmed()), ("failed", m.failed())] {
+                let _ = writeln!(out, "gateway_broker_publish_total{{broker=\"{name}\",outcome=\"{outcome}\"}} {n}");
+            }
+        }
+        if let Some(control) = self.control.upgrade() {
+            out.push_str("# HELP gateway_subscription_messages_total Queued messages, by subscription and outcome.\n");
+            out.push_str("# TYPE gateway_subscription_messages_total counter\n");
+            for (label, m) in control.subscription_metrics() {
+                for (outcome, n) in [
+                    ("received", m.received()),
+                    ("delivered", m.delivered()),
+                    ("retried", m.retried()),
+                    ("dead_lettered", m.dead_lettered()),
+                ] {
+                    let _ = writeln!(
+                        out,
+                        "gateway_subscription_messages_total{{subscription=\"{label}\",outcome=\"{outcome}\"}} {n}"
+                    );
+                }
+            }
+        }
         out.push_str("# HELP gateway_upstream_retries_total Retries sent, by service.\n");
         out.push_str("# TYPE gateway_upstream_retries_total counter\n");
         for name in &names {

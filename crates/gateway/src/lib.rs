@@ -132,6 +132,10 @@ struct Control {
 }
 
 impl Control {
+    fn subscription_metrics(&self) -> Vec<(String, Arc<gateway_events::SubscriptionMetrics>)> {
+        subscriptions::metrics(&self.subscriptions.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// A failed reload: counted, reported in the status, logged once; nothing else changes.
     fn fail_reload(&self, errors: &[ConfigError]) {
         self.shared.metrics.reload(false);

@@ -46,6 +46,11 @@ pub fn reconcile(running: &mut Vec<Running>, runtime: &Runtime, shared: &Arc<Sha
     *running = kept;
 }
 
+/// Each running subscription's label and counters, for `/metrics`.
+pub fn metrics(running: &[Running]) -> Vec<(String, Arc<gateway_events::SubscriptionMetrics>)> {
+    running.iter().map(|r| (r.runner.source().label(), r.runner.metrics().clone())).collect()
+}
+
 /// Stop every subscription, letting in-flight deliveries finish.
 pub async fn shutdown(running: Vec<Running>) {
     for r in running {

@@ -77,6 +77,9 @@ max_attempts = 3
     assert_eq!(delivered.target, "/hooks/orders");
     assert_eq!(delivered.header("x-request-id"), Some(message_id.as_str()));
     assert_eq!(delivered.header("content-type"), Some("application/json"));
+    let metrics = String::from_utf8_lossy(&gw.admin_get("/metrics").await.body).into_owned();
+    assert!(metrics.contains("gateway_broker_connected{broker=\"events\"} 1"), "{metrics}");
+    assert!(metrics.contains("outcome=\"delivered\"} 1"), "{metrics}");
 }
 
 #[tokio::test]
