@@ -192,6 +192,11 @@ impl AdminSource for AdminView {
                 }
             }
         }
+        out.push_str(
+            "# HELP gateway_access_log_dropped_total Access log lines dropped because stdout could not keep up.\n",
+        );
+        out.push_str("# TYPE gateway_access_log_dropped_total counter\n");
+        let _ = writeln!(out, "gateway_access_log_dropped_total {}", crate::access_log::dropped());
         out.push_str("# HELP gateway_upstream_retries_total Retries sent, by service.\n");
         out.push_str("# TYPE gateway_upstream_retries_total counter\n");
         for name in &names {

@@ -10,6 +10,7 @@
 //! # }
 //! ```
 
+mod access_log;
 mod admin;
 mod aggregate;
 mod cors;

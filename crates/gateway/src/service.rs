@@ -607,7 +607,6 @@ struct AccessEntry<'a> {
 }
 
 fn access_log(entry: &AccessEntry<'_>, response: &Response<Body>) {
-    use std::io::Write as _;
     let bytes =
         response.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let line = serde_json::json!({
@@ -623,6 +622,5 @@ fn access_log(entry: &AccessEntry<'_>, response: &Response<Body>) {
         "error": entry.error,
         "trace_id": entry.trace_id,
     });
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
+    crate::access_log::write(line.to_string());
 }

@@ -92,3 +92,45 @@ fn check_points_route_table_errors_at_the_route() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.starts_with(&format!("{}:6:8: route `bad`", path.display())), "{stdout}");
 }
+
+#[cfg(unix)]
+#[test]
+fn access_log_lines_are_json_with_every_field() {
+    use std::io::{Read, Write};
+    let path = temp_file(
+        "access",
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n[telemetry]\naccess_log = true\n[services.a]\nendpoints = [\"http://127.0.0.1:1\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/api\"\nservice = \"a\"\n",
+    );
+    let mut child = gateway()
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let started = BufReader::new(stderr).lines().map_while(Result::ok).find(|l| l.contains("gateway started")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(&started).unwrap();
+    let addr = line["fields"]["addr"].as_str().unwrap().to_owned();
+    for target in ["/api/x", "/nowhere"] {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        write!(stream, "GET {target} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+    }
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let second: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    for field in ["ts", "request_id", "route", "method", "path", "status", "upstream", "duration_ms", "bytes"] {
+        assert!(first.get(field).is_some(), "missing {field}: {first}");
+    }
+    assert_eq!(first["route"], "r");
+    assert_eq!(first["status"], 502);
+    assert_eq!(first["upstream"], "127.0.0.1:1");
+    assert_eq!(first["error"], "bad_gateway");
+    assert_eq!(second["status"], 404);
+    assert!(second["route"].is_null());
+    let _ = child.kill();
+    let _ = child.wait();
+}
