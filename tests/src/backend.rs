@@ -14,8 +14,9 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
@@ -25,6 +26,8 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
 
 /// What one request looked like when it reached the backend.
 #[derive(Debug, Clone)]
@@ -83,6 +86,108 @@ impl Backend {
 
     pub fn last(&self) -> Seen {
         self.seen().pop().expect("the backend saw a request")
+    }
+}
+
+/// An HTTP/1.1 echo backend (the [`Backend`] paths) that a chaos test can kill, restart on
+/// the same port, and slow down.
+///
+/// Dropping a [`Backend`] stops only its accept loop: the tasks of the connections already
+/// accepted go on serving pooled keep-alive connections. [`kill`](Self::kill) closes the
+/// listener *and* every open connection, as a crashed process would.
+pub struct ChaosBackend {
+    /// The port stays the same across [`kill`](Self::kill) and [`restart`](Self::restart).
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    delay_ms: Arc<AtomicU64>,
+    running: Option<Running>,
+}
+
+/// The accept loop and the connection tasks of a live [`ChaosBackend`].
+struct Running {
+    accept: JoinHandle<()>,
+    connections: Arc<Mutex<JoinSet<()>>>,
+}
+
+impl ChaosBackend {
+    /// Serve on a fresh `127.0.0.1` port.
+    pub async fn start() -> ChaosBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut backend = ChaosBackend { addr, seen: Arc::default(), delay_ms: Arc::default(), running: None };
+        backend.running = Some(backend.serve(listener));
+        backend
+    }
+
+    fn serve(&self, listener: TcpListener) -> Running {
+        let connections: Arc<Mutex<JoinSet<()>>> = Arc::default();
+        let tracked = connections.clone();
+        let (seen, delay_ms, addr) = (self.seen.clone(), self.delay_ms.clone(), self.addr);
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (seen, delay_ms) = (seen.clone(), delay_ms.clone());
+                let handler = move |req| {
+                    let (seen, delay) = (seen.clone(), Duration::from_millis(delay_ms.load(Ordering::Relaxed)));
+                    async move {
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        answer(req, seen, addr).await
+                    }
+                };
+                let mut set = tracked.lock().unwrap();
+                while set.try_join_next().is_some() {}
+                set.spawn(serve_io(stream, false, handler));
+            }
+        });
+        Running { accept, connections }
+    }
+
+    /// Close the listener and every open connection (requests in progress included), and
+    /// wait until they are gone. Connecting to [`addr`](Self::addr) is refused from now on.
+    pub async fn kill(&mut self) {
+        let Some(running) = self.running.take() else { return };
+        running.accept.abort();
+        // Once the aborted task is joined, its future (and the listener) has been dropped,
+        // and no connection can be added to the set any more.
+        let _ = running.accept.await;
+        let mut connections = std::mem::take(&mut *running.connections.lock().unwrap());
+        connections.shutdown().await;
+    }
+
+    /// Serve again on the same port after [`kill`](Self::kill), retrying the bind for up
+    /// to two seconds.
+    pub async fn restart(&mut self) {
+        assert!(self.running.is_none(), "restart() is for a killed backend");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(listener) => break listener,
+                Err(e) if Instant::now() >= deadline => panic!("cannot bind {} again: {e}", self.addr),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        self.running = Some(self.serve(listener));
+    }
+
+    /// Wait `delay` before answering each request that arrives from now on (zero: answer at once).
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms.store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// How many requests reached this backend, over all its lives.
+    pub fn hits(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+impl Drop for ChaosBackend {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.accept.abort();
+            running.connections.lock().unwrap().abort_all();
+        }
     }
 }
 

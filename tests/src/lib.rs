@@ -5,6 +5,8 @@
 //! - [`send`] and [`raw`]: a real client, and raw bytes for requests no client would send.
 //! - [`Backend::start_h2c`], [`Backend::start_tls`] and [`TestServer`]: the same echo over
 //!   h2c or TLS, and a hyper server with a handler of the test's own.
+//! - [`ChaosBackend`]: the echo backend, killable (listener and connections), restartable on
+//!   its port, and slowable.
 //! - [`TestCa`], [`Leaf`] and [`tls_connect`]: certificates made at test time and TLS clients.
 //!
 //! ```no_run
@@ -31,7 +33,7 @@ mod gateway;
 mod servers;
 mod tls;
 
-pub use backend::{full, Backend, BoxedBody, Protocol, Seen, TestServer};
+pub use backend::{full, Backend, BoxedBody, ChaosBackend, Protocol, Seen, TestServer};
 pub use client::{raw, send, Answer};
 pub use gateway::TestGateway;
 pub use servers::{shared_nats, shared_rabbit, shared_redis, NatsServer, RabbitServer, RedisServer};

@@ -11,17 +11,20 @@ const QUEUE_LINES: usize = 16 * 1024;
 
 struct Writer {
     queue: SyncSender<String>,
-    dropped: AtomicU64,
 }
+
+/// Counted outside the writer, so reading it (for `/metrics`) starts nothing.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 fn writer() -> &'static Writer {
     static WRITER: OnceLock<Writer> = OnceLock::new();
     WRITER.get_or_init(|| {
         let (queue, lines) = sync_channel::<String>(QUEUE_LINES);
         let spawned = std::thread::Builder::new().name("gateway-access-log".into()).spawn(move || {
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
             while let Ok(line) = lines.recv() {
+                // Lock stdout only while writing a batch: anything else that prints (a test
+                // harness, a panic message) must never wait on the access log.
+                let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{line}");
                 // Write whatever else is queued, then flush once.
                 while let Ok(more) = lines.try_recv() {
@@ -33,19 +36,18 @@ fn writer() -> &'static Writer {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the access log writer");
         }
-        Writer { queue, dropped: AtomicU64::new(0) }
+        Writer { queue }
     })
 }
 
 /// Queue one line; never blocks.
 pub fn write(line: String) {
-    let writer = writer();
-    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = writer.queue.try_send(line) {
-        writer.dropped.fetch_add(1, Ordering::Relaxed);
+    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = writer().queue.try_send(line) {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// Lines dropped because the writer could not keep up.
 pub fn dropped() -> u64 {
-    writer().dropped.load(Ordering::Relaxed)
+    DROPPED.load(Ordering::Relaxed)
 }

@@ -1,12 +1,16 @@
 //! Circuit breakers, retries and health through the gateway, against backends that fail
 //! in controlled ways.
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gateway_tests::{Backend, TestGateway};
+use gateway_tests::{Backend, ChaosBackend, TestGateway};
 use http::Request;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 
 fn closed_port() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
@@ -210,4 +214,232 @@ async fn services_that_register_themselves_receive_traffic_until_they_leave() {
         .unwrap();
     assert_eq!(gateway_tests::send(gw.admin_addr, deregister).await.status, 204);
     assert!(eventually(async || gw.get("/").await.status == 503).await);
+}
+
+/// The phases of the chaos test, in order; each client request is counted under the phase
+/// it started in.
+const PHASES: [&str; 6] = ["warm-up", "killed", "restarted", "slow", "recovered", "stopping"];
+
+/// A client request that did not come back 200.
+#[derive(Debug)]
+#[allow(dead_code)] // read through Debug in the failure message
+struct Failed {
+    phase: &'static str,
+    started_ms: u128,
+    took_ms: u128,
+    what: String,
+}
+
+/// One GET on a fresh connection; unlike `gateway_tests::send`, transport errors are returned.
+async fn try_get(addr: SocketAddr, path: &str) -> Result<(http::StatusCode, Bytes), String> {
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        let req = Request::get(path).header("host", "gateway.test").body(Full::new(Bytes::new())).unwrap();
+        let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange).await.map_err(|_| "no answer within 5 s".to_owned())?
+}
+
+/// The admin view of the endpoint `addr` of the only service.
+async fn endpoint_view(gw: &TestGateway, addr: SocketAddr) -> serde_json::Value {
+    let services = gw.admin_get("/admin/services").await.json();
+    let address = addr.to_string();
+    services[0]["endpoints"].as_array().unwrap().iter().find(|e| e["address"] == address.as_str()).unwrap().clone()
+}
+
+/// Poll `/admin/services` until the circuit of `addr` shows `want`; how long that took, or
+/// `None` after `bound`. Each state seen on the way is appended to `log`.
+async fn wait_circuit(
+    gw: &TestGateway,
+    addr: SocketAddr,
+    want: &str,
+    bound: Duration,
+    log: &mut Vec<String>,
+) -> Option<Duration> {
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        let view = endpoint_view(gw, addr).await;
+        let state = view["circuit"].as_str().unwrap_or("?").to_owned();
+        if state != last {
+            log.push(format!("{:>5} ms after asking for {want}: {view}", started.elapsed().as_millis()));
+            last = state.clone();
+        }
+        if state == want {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() > bound {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Poll `check` every 10 ms for at most `bound`.
+async fn within(bound: Duration, check: impl Fn() -> bool) -> bool {
+    let started = Instant::now();
+    while !check() {
+        if started.elapsed() > bound {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// Issue 8's "done when": steady GET traffic from four clients over three endpoints (round
+/// robin) while one of them is killed (listener and open connections gone), restarted on the
+/// same port, then made slower than the per-try timeout. No client request may fail (two
+/// endpoints stay healthy throughout, and retries hide the bad one); the bad endpoint's
+/// circuit opens within a second of the kill, and closes again after each recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_one_of_three_backends_killed_restarted_and_slowed() {
+    const OPEN_DURATION: Duration = Duration::from_millis(500);
+    const SLOW: Duration = Duration::from_millis(1500);
+    let a = Backend::start().await;
+    let b = Backend::start().await;
+    let mut c = ChaosBackend::start().await;
+    // Two failures in a row trip a circuit. Fewer than 5 connect failures in a row reach
+    // the killed endpoint (at most a few in flight at the kill, plus one half-open probe),
+    // so passive outlier ejection (5 in a row, 30 s) never takes it out of the test.
+    let config = format!(
+        r#"
+[services.chaos]
+endpoints = ["http://{}", "http://{}", "http://{}"]
+load_balancer = "round_robin"
+connect_timeout = "200ms"
+timeout = "2s"
+circuit_breaker = {{ failure_ratio = 0.5, minimum_requests = 10, window = "5s", open_duration = "500ms", half_open_requests = 1, consecutive_failures = 2 }}
+retry = {{ attempts = 3, retry_on = ["connect_failure", "reset", "timeout", "502", "503", "504"], budget = 0.2, per_try_timeout = "300ms" }}
+[[routes]]
+name = "r"
+path_prefix = "/"
+service = "chaos"
+"#,
+        a.addr, b.addr, c.addr
+    );
+    let gw = Arc::new(TestGateway::start(&config).await);
+    let began = Instant::now();
+    let phase = Arc::new(AtomicU8::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures: Arc<Mutex<Vec<Failed>>> = Arc::default();
+    let mut sent = [0usize; PHASES.len()];
+    let mut clients = Vec::new();
+    for client in 0..4 {
+        let (gw, phase, stop, failures) = (gw.clone(), phase.clone(), stop.clone(), failures.clone());
+        clients.push(tokio::spawn(async move {
+            let mut sent = [0usize; PHASES.len()];
+            let mut slowest = Duration::ZERO;
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let in_phase = usize::from(phase.load(Ordering::Relaxed));
+                let started = Instant::now();
+                let result = try_get(gw.addr, &format!("/chaos/{client}/{n}")).await;
+                let took = started.elapsed();
+                slowest = slowest.max(took);
+                sent[in_phase] += 1;
+                n += 1;
+                let what = match result {
+                    Ok((status, _)) if status == 200 => None,
+                    Ok((status, body)) => Some(format!("{status}: {}", String::from_utf8_lossy(&body))),
+                    Err(e) => Some(e),
+                };
+                if let Some(what) = what {
+                    failures.lock().unwrap().push(Failed {
+                        phase: PHASES[in_phase],
+                        started_ms: started.duration_since(began).as_millis(),
+                        took_ms: took.as_millis(),
+                        what,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (sent, slowest)
+        }));
+    }
+    let set_phase = |name: &str| phase.store(PHASES.iter().position(|p| *p == name).unwrap() as u8, Ordering::Relaxed);
+    let mut log = Vec::new();
+
+    // Warm-up: every endpoint serves before the chaos starts.
+    assert!(
+        within(Duration::from_secs(3), || a.seen().len() >= 5 && b.seen().len() >= 5 && c.hits() >= 5).await,
+        "the three endpoints never all got traffic"
+    );
+
+    // 1. Kill: the listener and every open connection of `c` are gone.
+    set_phase("killed");
+    c.kill().await;
+    let opened = wait_circuit(&gw, c.addr, "open", Duration::from_secs(2), &mut log).await;
+    assert!(
+        opened.is_some_and(|t| t <= Duration::from_secs(1)),
+        "the killed endpoint's circuit did not open within a second: {opened:?}\n{}",
+        log.join("\n")
+    );
+    // Dead for longer than one open period: a half-open probe meets the closed port and the
+    // circuit opens again (for twice as long).
+    tokio::time::sleep(OPEN_DURATION + Duration::from_millis(200)).await;
+
+    // 2. Restart on the same port: a half-open probe succeeds and the circuit closes.
+    c.restart().await;
+    set_phase("restarted");
+    let hits_before = c.hits();
+    let closed = wait_circuit(&gw, c.addr, "closed", Duration::from_secs(3), &mut log).await;
+    assert!(closed.is_some(), "the restarted endpoint's circuit never closed\n{}", log.join("\n"));
+    assert!(c.hits() > hits_before, "the restarted endpoint got no traffic");
+
+    // 3. Slow: every answer of `c` takes longer than the per-try timeout; timeouts count as
+    // failures, so its circuit opens, and retries on the other endpoints hide it.
+    set_phase("slow");
+    c.set_delay(SLOW);
+    let opened_slow = wait_circuit(&gw, c.addr, "open", Duration::from_secs(2), &mut log).await;
+    assert!(opened_slow.is_some(), "the slow endpoint's circuit never opened\n{}", log.join("\n"));
+    // Slow through one half-open probe (it times out and the circuit opens again).
+    tokio::time::sleep(OPEN_DURATION + Duration::from_millis(200)).await;
+
+    // 4. Recovered: fast again; the next probe succeeds and the circuit closes.
+    c.set_delay(Duration::ZERO);
+    set_phase("recovered");
+    let closed_again = wait_circuit(&gw, c.addr, "closed", Duration::from_secs(4), &mut log).await;
+    assert!(closed_again.is_some(), "the recovered endpoint's circuit never closed\n{}", log.join("\n"));
+    let hits_before = c.hits();
+    assert!(
+        within(Duration::from_secs(1), || c.hits() >= hits_before + 5).await,
+        "the recovered endpoint gets no traffic"
+    );
+
+    set_phase("stopping");
+    stop.store(true, Ordering::Relaxed);
+    let mut slowest = Duration::ZERO;
+    for client in clients {
+        let (client_sent, client_slowest) = client.await.unwrap();
+        for (total, n) in sent.iter_mut().zip(client_sent) {
+            *total += n;
+        }
+        slowest = slowest.max(client_slowest);
+    }
+    let failures = std::mem::take(&mut *failures.lock().unwrap());
+    // Not reading /metrics here: that starts the access-log writer thread, which (since
+    // 0820ab5) holds the process-wide stdout lock for good, and the println! below (and
+    // libtest's own output) would then block forever.
+    println!(
+        "chaos: {:?} in all; requests by phase {:?}; slowest {slowest:?}; open {opened:?} after the kill, \
+         closed {closed:?} after the restart, open {opened_slow:?} after slowing, closed {closed_again:?} after \
+         recovering\n{}",
+        began.elapsed(),
+        PHASES.iter().zip(sent).collect::<Vec<_>>(),
+        log.join("\n")
+    );
+    assert!(sent[1..5].iter().all(|&n| n > 0), "traffic was not steady: {sent:?}");
+    assert!(
+        failures.is_empty(),
+        "{} of {} idempotent requests failed while two endpoints were healthy: {failures:#?}",
+        failures.len(),
+        sent.iter().sum::<usize>()
+    );
 }
