@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,37 +14,18 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use gateway_config::schema::{DeliverTo, Subscription};
 use gateway_events::{
-    Backoff, Broker, BrokerOptions, BrokerState, DeliverFn, Delivery, Destination, NatsBroker, OutgoingMessage,
-    PublishError, SubscriptionOptions, SubscriptionRunner,
+    Broker, BrokerState, DeliverFn, Delivery, Destination, NatsBroker, OutgoingMessage, PublishError,
+    SubscriptionOptions, SubscriptionRunner,
 };
 use gateway_tests::{shared_nats, NatsServer};
 use serde_spanned::Spanned;
 
-fn logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
-}
+use common::{fast, logs, options};
 
 /// A token no other test of this run uses (stream names and subjects).
 fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!("{prefix}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
-fn options() -> BrokerOptions {
-    BrokerOptions {
-        connect_timeout: Duration::from_secs(5),
-        reconnect: Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
-    }
-}
-
-fn fast() -> SubscriptionOptions {
-    SubscriptionOptions {
-        retry: Backoff::new(Duration::from_millis(10), Duration::from_millis(50)),
-        resubscribe: Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
-        backlog_interval: None,
-        ..SubscriptionOptions::default()
-    }
 }
 
 async fn broker(url: &str) -> Arc<dyn Broker> {
