@@ -57,11 +57,6 @@ mod state;
 mod tests;
 mod util;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
-use arc_swap::ArcSwap;
-
 pub use api::{registry_api, MAX_REGISTRATION_BYTES};
 pub use balance::{Balancer, HashOn, Pick, PickContext, VIRTUAL_NODES};
 pub use discover::{Discover, Discovered, DiscoveryError, DnsDiscovery, DnsOptions, EndpointSet, StaticDiscovery};
@@ -72,49 +67,3 @@ pub use registry::{
 };
 pub use service::{BuildError, EndpointCounts, ServiceEndpoints, ServiceOptions, Source};
 pub use state::{EndpointState, Metadata, Outcome, PassiveHealth, Picked};
-
-/// The first, minimal endpoint list: a fixed set and a round-robin cursor, no health.
-///
-/// Superseded by [`ServiceEndpoints`]; kept so the gateway crate builds until it moves
-/// over (`Endpoints::new(list)` → `ServiceEndpoints::from_config(..)` or
-/// `ServiceEndpoints::from_endpoints(name, list)`; `pick()` → `pick(&ctx, &admit)`).
-pub struct Endpoints {
-    current: ArcSwap<Vec<Arc<Endpoint>>>,
-    next: AtomicUsize,
-}
-
-impl Endpoints {
-    /// A fixed set.
-    pub fn new(endpoints: Vec<Endpoint>) -> Self {
-        Endpoints {
-            current: ArcSwap::from_pointee(endpoints.into_iter().map(Arc::new).collect()),
-            next: AtomicUsize::new(0),
-        }
-    }
-
-    /// A static list, as `[services.NAME] endpoints = [...]` gives it.
-    pub fn from_static<S: AsRef<str>>(list: &[S]) -> Result<Self, EndpointError> {
-        let parsed = list.iter().map(|s| Endpoint::parse(s.as_ref())).collect::<Result<Vec<_>, _>>()?;
-        Ok(Self::new(parsed))
-    }
-
-    /// Replace the whole set.
-    pub fn publish(&self, endpoints: Vec<Endpoint>) {
-        self.current.store(Arc::new(endpoints.into_iter().map(Arc::new).collect()));
-    }
-
-    /// Every endpoint now known.
-    pub fn snapshot(&self) -> Arc<Vec<Arc<Endpoint>>> {
-        self.current.load_full()
-    }
-
-    /// Round robin over the current set; `None` when the service has no endpoint.
-    pub fn pick(&self) -> Option<Arc<Endpoint>> {
-        let set = self.current.load();
-        if set.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % set.len();
-        Some(set[i].clone())
-    }
-}
