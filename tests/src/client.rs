@@ -53,3 +53,24 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
     let _ = tokio::time::timeout(wait, stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A GET for `path` with `host: a` and the given extra headers.
+pub fn get_with(path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut req = Request::get(path).header("host", "a");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.body(Full::new(Bytes::new())).unwrap()
+}
+
+/// Poll `check` every 40 ms for at most 4 s: for states the gateway reaches in the
+/// background (a reload, a circuit, a health check), whose only signal is its own answer.
+pub async fn eventually(mut check: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    false
+}

@@ -34,7 +34,7 @@ mod servers;
 mod tls;
 
 pub use backend::{full, Backend, BoxedBody, ChaosBackend, Protocol, Seen, TestServer};
-pub use client::{raw, send, Answer};
+pub use client::{eventually, get_with, raw, send, Answer};
 pub use gateway::TestGateway;
 pub use servers::{shared_nats, shared_rabbit, shared_redis, NatsServer, RabbitServer, RedisServer};
 pub use tls::{tls_connect, Leaf, TestCa};

@@ -2,7 +2,7 @@
 //! identity headers no client can inject.
 
 use bytes::Bytes;
-use gateway_tests::{Backend, TestGateway};
+use gateway_tests::{get_with, Backend, TestGateway};
 use http::Request;
 use http_body_util::Full;
 use jsonwebtoken::{encode, EncodingKey, Header};
@@ -73,14 +73,6 @@ service = "echo"
     (backend, gw)
 }
 
-fn with(path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
-    let mut req = Request::get(path).header("host", "a");
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    req.body(Full::new(Bytes::new())).unwrap()
-}
-
 fn claims(extra: serde_json::Value) -> serde_json::Value {
     let mut base = serde_json::json!({
         "sub": "user-7", "iss": "https://idp.test/", "aud": "api", "exp": now() + 300,
@@ -93,7 +85,7 @@ fn claims(extra: serde_json::Value) -> serde_json::Value {
 async fn valid_jwt_passes_and_its_claims_go_upstream() {
     let (backend, gw) = setup().await;
     let bearer = format!("Bearer {}", token(claims(serde_json::json!({}))));
-    let resp = gw.request(with("/jwt/x", &[("authorization", &bearer), ("x-user-id", "admin")])).await;
+    let resp = gw.request(get_with("/jwt/x", &[("authorization", &bearer), ("x-user-id", "admin")])).await;
     assert_eq!(resp.status, 200);
     let seen = backend.last();
     assert_eq!(seen.header("x-user-id"), Some("user-7"), "the claim replaced the client's copy");
@@ -104,7 +96,7 @@ async fn valid_jwt_passes_and_its_claims_go_upstream() {
 #[tokio::test]
 async fn missing_or_bad_credentials_are_401_and_never_reach_the_backend() {
     let (backend, gw) = setup().await;
-    let missing = gw.request(with("/jwt/x", &[])).await;
+    let missing = gw.request(get_with("/jwt/x", &[])).await;
     assert_eq!(missing.status, 401);
     assert_eq!(missing.error_code(), "unauthorized");
     assert!(missing.header("www-authenticate").unwrap().starts_with("Bearer"));
@@ -114,7 +106,7 @@ async fn missing_or_bad_credentials_are_401_and_never_reach_the_backend() {
     let mut tampered = token(claims(serde_json::json!({})));
     tampered.insert(tampered.find('.').unwrap() + 3, 'x');
     for bad in [expired, wrong_issuer, tampered, "not.a.token".to_owned(), "e30.e30.".to_owned()] {
-        let resp = gw.request(with("/jwt/x", &[("authorization", &format!("Bearer {bad}"))])).await;
+        let resp = gw.request(get_with("/jwt/x", &[("authorization", &format!("Bearer {bad}"))])).await;
         assert_eq!(resp.status, 401, "{bad}");
         assert!(resp.header("www-authenticate").unwrap().contains("invalid_token"));
     }
@@ -125,30 +117,31 @@ async fn missing_or_bad_credentials_are_401_and_never_reach_the_backend() {
 async fn missing_scope_is_403() {
     let (backend, gw) = setup().await;
     let no_scope = format!("Bearer {}", token(claims(serde_json::json!({"scope": "orders:read"}))));
-    let resp = gw.request(with("/scoped", &[("authorization", &no_scope)])).await;
+    let resp = gw.request(get_with("/scoped", &[("authorization", &no_scope)])).await;
     assert_eq!(resp.status, 403);
     assert_eq!(resp.error_code(), "forbidden");
     let scoped = format!("Bearer {}", token(claims(serde_json::json!({"scope": "orders:read users:read"}))));
-    assert_eq!(gw.request(with("/scoped", &[("authorization", &scoped)])).await.status, 200);
+    assert_eq!(gw.request(get_with("/scoped", &[("authorization", &scoped)])).await.status, 200);
     assert_eq!(backend.seen().len(), 1);
 }
 
 #[tokio::test]
 async fn any_of_providers_accepts_an_api_key_and_names_the_consumer() {
     let (backend, gw) = setup().await;
-    let resp = gw.request(with("/either", &[("x-api-key", "key-123"), ("X-Consumer", "mallory")])).await;
+    let resp = gw.request(get_with("/either", &[("x-api-key", "key-123"), ("X-Consumer", "mallory")])).await;
     assert_eq!(resp.status, 200);
     assert_eq!(backend.last().header("x-consumer"), Some("acme"));
-    assert_eq!(gw.request(with("/either", &[("x-api-key", "wrong")])).await.status, 401);
+    assert_eq!(gw.request(get_with("/either", &[("x-api-key", "wrong")])).await.status, 401);
     let bearer = format!("Bearer {}", token(claims(serde_json::json!({}))));
-    assert_eq!(gw.request(with("/either", &[("authorization", &bearer)])).await.status, 200);
+    assert_eq!(gw.request(get_with("/either", &[("authorization", &bearer)])).await.status, 200);
 }
 
 #[tokio::test]
 async fn spoofed_identity_headers_are_removed_on_public_routes_too() {
     let (backend, gw) = setup().await;
-    let resp =
-        gw.request(with("/public", &[("X-User-Id", "admin"), ("x_user_id", "admin"), ("X-CONSUMER", "acme")])).await;
+    let resp = gw
+        .request(get_with("/public", &[("X-User-Id", "admin"), ("x_user_id", "admin"), ("X-CONSUMER", "acme")]))
+        .await;
     assert_eq!(resp.status, 200);
     let seen = backend.last();
     assert_eq!(seen.header("x-user-id"), None);
@@ -159,7 +152,7 @@ async fn spoofed_identity_headers_are_removed_on_public_routes_too() {
 #[tokio::test]
 async fn grpc_callers_get_unauthenticated() {
     let (_backend, gw) = setup().await;
-    let resp = gw.request(with("/jwt/pkg.Svc/Call", &[("content-type", "application/grpc")])).await;
+    let resp = gw.request(get_with("/jwt/pkg.Svc/Call", &[("content-type", "application/grpc")])).await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("grpc-status"), Some("16"));
 }
@@ -206,7 +199,7 @@ cors = {{ allow_origins = ["https://app.test"], allow_headers = ["authorization"
     let foreign = gw.request(preflight("https://evil.test")).await;
     assert_eq!(foreign.header("access-control-allow-origin"), None);
     assert_ne!(foreign.status, 204);
-    let refused = gw.request(with("/api/items", &[("origin", "https://app.test")])).await;
+    let refused = gw.request(get_with("/api/items", &[("origin", "https://app.test")])).await;
     assert_eq!(refused.status, 401);
     assert_eq!(refused.header("access-control-allow-origin"), Some("https://app.test"));
     assert!(backend.seen().is_empty(), "preflights never reach the backend");

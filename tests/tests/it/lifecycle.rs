@@ -1,8 +1,6 @@
 //! Reload, admin endpoints, metrics and graceful shutdown.
 
-use std::time::Duration;
-
-use gateway_tests::{Backend, TestGateway};
+use gateway_tests::{eventually, Backend, TestGateway};
 
 fn config(backend: &Backend, route_path: &str) -> String {
     format!(
@@ -22,18 +20,6 @@ async fn health_ready_and_metrics() {
     let text = String::from_utf8_lossy(&metrics.body);
     assert!(text.contains(r#"gateway_requests_total{route="r",method="GET",status="200"} 1"#), "{text}");
     assert!(text.contains(r#"gateway_request_duration_seconds_count{route="r"} 1"#), "{text}");
-}
-
-/// Wait for `check` to hold, polling the gateway (the readiness signal here is the
-/// gateway's own answer; there is nothing else to wait on).
-async fn eventually(mut check: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..100 {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 #[tokio::test]

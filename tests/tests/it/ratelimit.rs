@@ -1,23 +1,12 @@
 //! Rate limits through the gateway: buckets, headers, keys, and Redis shared by two gateways.
 
-use bytes::Bytes;
-use gateway_tests::{shared_redis, Backend, TestGateway};
-use http::Request;
-use http_body_util::Full;
+use gateway_tests::{get_with, shared_redis, Backend, TestGateway};
 
 fn limited(backend: &Backend, limit: &str, route_extra: &str) -> String {
     format!(
         "[services.echo]\nendpoints = [\"http://{}\"]\n\n[rate_limits.tight]\n{limit}\n\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nservice = \"echo\"\nrate_limit = [\"tight\"]\n{route_extra}\n",
         backend.addr
     )
-}
-
-fn get_with(path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
-    let mut req = Request::get(path).header("host", "a");
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    req.body(Full::new(Bytes::new())).unwrap()
 }
 
 #[tokio::test]

@@ -3,18 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use gateway_tests::{Backend, TestGateway};
-use http::Request;
-use http_body_util::Full;
-
-fn get(path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
-    let mut req = Request::get(path).header("host", "a");
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    req.body(Full::new(Bytes::new())).unwrap()
-}
+use gateway_tests::{get_with, Backend, TestGateway};
 
 #[tokio::test]
 async fn weighted_split_holds_its_ratio_and_sticks_per_header() {
@@ -42,7 +31,7 @@ sticky_on = "header:x-user"
     assert!((0.15..0.25).contains(&share), "canary share {share}");
     let before = (stable.seen().len(), canary.seen().len());
     for _ in 0..20 {
-        gw.request(get("/", &[("x-user", "alice")])).await;
+        gw.request(get_with("/", &[("x-user", "alice")])).await;
     }
     let moved = (stable.seen().len() - before.0, canary.seen().len() - before.1);
     assert!(moved == (20, 0) || moved == (0, 20), "alice stayed on one side: {moved:?}");
@@ -101,7 +90,7 @@ response_headers = {{ set = {{ "strict-transport-security" = "max-age=31536000" 
         backend.addr
     );
     let gw = TestGateway::start(&config).await;
-    let resp = gw.request(get("/hop", &[("x-debug", "1"), ("x-env", "dev")])).await;
+    let resp = gw.request(get_with("/hop", &[("x-debug", "1"), ("x-env", "dev")])).await;
     let seen = backend.last();
     assert_eq!(seen.header("x-env"), Some("prod"));
     assert_eq!(seen.header("x-debug"), None);
@@ -133,12 +122,12 @@ cache = {{ ttl = "30s", max_entries = 100, vary = ["accept-language"] }}
     assert_eq!(second.header("x-cache"), Some("HIT"));
     assert_eq!(first.body, second.body);
     assert_eq!(backend.seen().len(), 1);
-    let other_language = gw.request(get("/items", &[("accept-language", "fr")])).await;
+    let other_language = gw.request(get_with("/items", &[("accept-language", "fr")])).await;
     assert_eq!(other_language.header("x-cache"), Some("MISS"), "vary keeps languages apart");
-    let credentialed = gw.request(get("/items", &[("authorization", "Bearer x")])).await;
+    let credentialed = gw.request(get_with("/items", &[("authorization", "Bearer x")])).await;
     assert_eq!(credentialed.header("x-cache"), Some("MISS"));
     assert_eq!(backend.seen().len(), 3);
-    let no_store = gw.request(get("/items", &[("cache-control", "no-store")])).await;
+    let no_store = gw.request(get_with("/items", &[("cache-control", "no-store")])).await;
     assert_eq!(no_store.header("x-cache"), Some("MISS"));
 }
 
@@ -152,7 +141,7 @@ async fn concurrent_misses_go_upstream_once() {
     let gw = TestGateway::start(&config).await;
     let addr = gw.addr;
     let waves: Vec<_> = (0..50)
-        .map(|_| tokio::spawn(async move { gateway_tests::send(addr, get("/coalesce", &[])).await.status }))
+        .map(|_| tokio::spawn(async move { gateway_tests::send(addr, get_with("/coalesce", &[])).await.status }))
         .collect();
     for wave in waves {
         assert_eq!(wave.await.unwrap(), 200);
@@ -170,11 +159,11 @@ async fn compression_is_negotiated_and_skipped_for_small_bodies() {
     let gw = TestGateway::start(&config).await;
     // A large JSON echo: many headers make the body big enough to compress.
     let padding = "p".repeat(2000);
-    let big = gw.request(get("/big", &[("accept-encoding", "gzip"), ("x-padding", &padding)])).await;
+    let big = gw.request(get_with("/big", &[("accept-encoding", "gzip"), ("x-padding", &padding)])).await;
     assert_eq!(big.header("content-encoding"), Some("gzip"));
     assert!(big.body.len() < 1500, "compressed: {} bytes", big.body.len());
-    let plain = gw.request(get("/big", &[("x-padding", &padding)])).await;
+    let plain = gw.request(get_with("/big", &[("x-padding", &padding)])).await;
     assert_eq!(plain.header("content-encoding"), None);
-    let small = gw.request(get("/status/200", &[("accept-encoding", "gzip")])).await;
+    let small = gw.request(get_with("/status/200", &[("accept-encoding", "gzip")])).await;
     assert_eq!(small.header("content-encoding"), None);
 }
