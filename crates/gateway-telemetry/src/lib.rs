@@ -317,38 +317,53 @@ impl Metrics {
             );
         }
 
-        out.push_str("# HELP gateway_config_reloads_total Configuration reloads, by result.\n");
-        out.push_str("# TYPE gateway_config_reloads_total counter\n");
-        let _ = writeln!(
-            out,
-            "gateway_config_reloads_total{{result=\"ok\"}} {}",
-            self.inner.reloads_ok.load(Ordering::Relaxed)
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let inner = &*self.inner;
+        family(
+            &mut out,
+            "gateway_config_reloads_total",
+            "counter",
+            "Configuration reloads, by result.",
+            &[("result=\"ok\"", load(&inner.reloads_ok)), ("result=\"error\"", load(&inner.reloads_error))],
         );
-        let _ = writeln!(
-            out,
-            "gateway_config_reloads_total{{result=\"error\"}} {}",
-            self.inner.reloads_error.load(Ordering::Relaxed)
+        family(
+            &mut out,
+            "gateway_connections_open",
+            "gauge",
+            "Client connections open now.",
+            &[("", load(&inner.connections_open))],
         );
-        out.push_str("# HELP gateway_connections_open Client connections open now.\n");
-        out.push_str("# TYPE gateway_connections_open gauge\n");
-        let _ = writeln!(out, "gateway_connections_open {}", self.inner.connections_open.load(Ordering::Relaxed));
-        out.push_str("# HELP gateway_connections_total Client connections accepted.\n");
-        out.push_str("# TYPE gateway_connections_total counter\n");
-        let _ = writeln!(out, "gateway_connections_total {}", self.inner.connections_total.load(Ordering::Relaxed));
-        out.push_str("# HELP gateway_tls_handshakes_total TLS handshakes, by result.\n");
-        out.push_str("# TYPE gateway_tls_handshakes_total counter\n");
-        let _ = writeln!(
-            out,
-            "gateway_tls_handshakes_total{{result=\"ok\"}} {}",
-            self.inner.tls_handshakes.load(Ordering::Relaxed)
+        family(
+            &mut out,
+            "gateway_connections_total",
+            "counter",
+            "Client connections accepted.",
+            &[("", load(&inner.connections_total))],
         );
-        let _ = writeln!(
-            out,
-            "gateway_tls_handshakes_total{{result=\"error\"}} {}",
-            self.inner.tls_handshake_failures.load(Ordering::Relaxed)
+        family(
+            &mut out,
+            "gateway_tls_handshakes_total",
+            "counter",
+            "TLS handshakes, by result.",
+            &[
+                ("result=\"ok\"", load(&inner.tls_handshakes)),
+                ("result=\"error\"", load(&inner.tls_handshake_failures)),
+            ],
         );
         self.inner.trace.render_prometheus(&mut out);
         out
+    }
+}
+
+/// One metric family of fixed label sets: its HELP and TYPE lines, then one sample each.
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
     }
 }
 
