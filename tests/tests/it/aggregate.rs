@@ -128,3 +128,70 @@ async fn a_missing_query_parameter_for_a_required_part_is_400() {
     assert_eq!(gw.get("/q?term=a%20b").await.status, 200);
     assert_eq!(users.last().target, "/search?q=a%20b");
 }
+
+/// An aggregate is a route like any other: the caller is authenticated first (no part runs
+/// for a stranger), its claims fill the parts' templates, a later part reads an earlier
+/// part's answer, parts without `into` are deep-merged at the top, and the rate limit
+/// (keyed by the caller's subject) counts one aggregate call as one request.
+#[tokio::test]
+async fn an_aggregate_behind_auth_and_rate_limits_uses_the_callers_claims() {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    const SECRET: &str = "aggregate-secret-of-reasonable-length";
+    let users = Backend::start().await;
+    let orders = Backend::start().await;
+    let config = format!(
+        r#"
+[services.users]
+endpoints = ["http://{users}"]
+[services.orders]
+endpoints = ["http://{orders}"]
+[auth.main]
+type = "jwt"
+algorithms = ["HS256"]
+secret = "{SECRET}"
+[rate_limits.per_user]
+requests = 2
+per = "1m"
+key = "claim:sub"
+[[routes]]
+name = "me"
+path = "/me"
+auth = ["main"]
+rate_limit = ["per_user"]
+aggregate = [
+  {{ service = "users", path = "/users/{{claim.sub}}", into = "user", select = ["method", "target"] }},
+  {{ service = "orders", path = "/orders/{{user.method}}?owner={{claim.sub}}", after = "user", select = ["target"], rename = {{ target = "orders_target" }} }},
+]
+"#,
+        users = users.addr,
+        orders = orders.addr,
+    );
+    let gw = TestGateway::start(&config).await;
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 300;
+    let token = |sub: &str| {
+        let claims = serde_json::json!({ "sub": sub, "exp": exp });
+        encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes()).unwrap()).unwrap()
+    };
+    let call = |token: Option<String>| {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        gw.request(gateway_tests::get_with("/me", &headers))
+    };
+    let stranger = call(None).await;
+    assert_eq!(stranger.status, 401);
+    assert_eq!(users.seen().len() + orders.seen().len(), 0, "no part runs before authentication");
+
+    let ann = call(Some(token("ann"))).await;
+    assert_eq!(ann.status, 200, "{}", String::from_utf8_lossy(&ann.body));
+    let json = ann.json();
+    assert_eq!(json["user"]["target"], "/users/ann");
+    assert_eq!(json["orders_target"], "/orders/GET?owner=ann", "sequential part merged at the top: {json}");
+    assert_eq!(ann.header("ratelimit-remaining"), Some("1"));
+
+    assert_eq!(call(Some(token("ann"))).await.status, 200);
+    let limited = call(Some(token("ann"))).await;
+    assert_eq!(limited.status, 429);
+    assert!(limited.header("retry-after").is_some());
+    assert_eq!(users.seen().len(), 2, "the refused call reached no part");
+    assert_eq!(call(Some(token("bob"))).await.status, 200, "another subject has its own budget");
+}
