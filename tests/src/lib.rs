@@ -7,6 +7,7 @@
 //!   h2c or TLS, and a hyper server with a handler of the test's own.
 //! - [`ChaosBackend`]: the echo backend, killable (listener and connections), restartable on
 //!   its port, and slowable.
+//! - [`GrpcBackend`]: a tonic gRPC server (h2c) with the four call kinds of `proto/echo.proto`.
 //! - [`TestCa`], [`Leaf`] and [`tls_connect`]: certificates made at test time and TLS clients.
 //!
 //! ```no_run
@@ -30,12 +31,14 @@
 mod backend;
 mod client;
 mod gateway;
+mod grpc;
 mod servers;
 mod tls;
 
 pub use backend::{full, Backend, BoxedBody, ChaosBackend, Protocol, Seen, TestServer};
 pub use client::{eventually, get_with, raw, send, Answer};
 pub use gateway::TestGateway;
+pub use grpc::{echo, GrpcBackend};
 pub use servers::{shared_nats, shared_rabbit, shared_redis, NatsServer, RabbitServer, RedisServer};
 pub use tls::{tls_connect, Leaf, TestCa};
 

@@ -631,6 +631,9 @@ pub struct Route {
     pub cache: Option<Cache>,
     #[serde(default)]
     pub compress: bool,
+    /// Accept gRPC-Web (binary and text) from browsers and speak gRPC to the upstream.
+    #[serde(default)]
+    pub grpc_web: bool,
     /// Cross-origin access from browsers; preflights are answered before authentication.
     pub cors: Option<Cors>,
     pub aggregate: Option<Vec<AggregatePart>>,

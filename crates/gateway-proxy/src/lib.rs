@@ -5,6 +5,7 @@
 //! - [`RequestBody`]: the client's body streamed upstream, never buffered, cut off with
 //!   413 past `max_body_bytes` and 408 when it stalls past `body_read_timeout`.
 //! - [`headers`]: hop-by-hop hygiene and the `x-forwarded-*` family.
+//! - [`grpc`]: the `grpc-timeout` deadline, and gRPC-Web translated to gRPC and back.
 //! - [`ClientAddr`]: the one notion of the client address (SPEC.md "Client address").
 //!
 //! ```no_run
@@ -19,6 +20,7 @@
 mod body;
 mod client;
 mod client_addr;
+pub mod grpc;
 pub mod headers;
 mod tls;
 

@@ -43,6 +43,7 @@ impl PartFetcher for Fetcher<'_> {
                 headers,
                 body: RequestBody::Empty,
                 timeout: part.timeout,
+                grpc_deadline: false,
                 client_ip: self.client_ip,
             };
             let response = upstream::call(service, call).await.map(|a| a.response).map_err(|(e, _)| match e.kind {

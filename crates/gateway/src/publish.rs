@@ -60,7 +60,8 @@ pub async fn publish(
     }
 }
 
-async fn read_body(body: Incoming, limit: u64, idle: std::time::Duration) -> Result<Bytes, GatewayError> {
+/// The whole request body, at most `limit` bytes, each wait for data at most `idle`.
+pub(crate) async fn read_body(body: Incoming, limit: u64, idle: std::time::Duration) -> Result<Bytes, GatewayError> {
     let collect = Limited::new(body, limit as usize).collect();
     match tokio::time::timeout(idle, collect).await {
         Err(_) => Err(GatewayError::new(ErrorKind::RequestTimeout, "request body did not arrive in time").closing()),

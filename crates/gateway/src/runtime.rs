@@ -98,6 +98,8 @@ pub struct RoutePolicy {
     /// Kept across reloads while the route's `cache` is unchanged.
     pub cache: Option<CacheStore>,
     pub compress: bool,
+    /// gRPC-Web callers are answered in gRPC-Web, the upstream spoken to in gRPC.
+    pub grpc_web: bool,
     /// A share of the traffic copied to a shadow service.
     pub mirror: Option<(Mirror, Arc<ServiceRuntime>)>,
     pub metrics: Arc<RouteMetrics>,
@@ -368,6 +370,7 @@ fn build_policy(route: &Route, pieces: &Pieces<'_>) -> Result<RoutePolicy, Strin
             }),
         },
         compress: route.compress,
+        grpc_web: route.grpc_web,
         mirror: match &route.mirror {
             None => None,
             Some(m) => {

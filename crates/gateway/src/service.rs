@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gateway_core::{Body, ErrorKind, GatewayError, RequestId, X_REQUEST_ID};
+use gateway_proxy::grpc::{self, GrpcWeb, GRPC_TIMEOUT};
 use gateway_proxy::{headers, ClientAddr, RequestBody};
 use gateway_router::RouteMiss;
 use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, UPGRADE};
@@ -41,7 +42,8 @@ pub async fn handle(
     // One snapshot for the whole request: a reload never changes a request half way.
     let runtime = shared.runtime.load_full();
     let request_id = RequestId::from_client(req.headers().get(X_REQUEST_ID));
-    let grpc = is_grpc(&req);
+    let grpc = is_grpc(req.headers());
+    let grpc_web = GrpcWeb::of(req.headers());
     let method = req.method().clone();
     let origin = req.headers().get(http::header::ORIGIN).cloned();
     let path_for_log = runtime.config.telemetry.access_log.then(|| req.uri().path().to_owned());
@@ -73,7 +75,11 @@ pub async fn handle(
             if err.blame != gateway_core::Blame::Client {
                 tracing::warn!(request_id = request_id.as_str(), error = %err, "request failed");
             }
-            err.into_response(&request_id, grpc)
+            let mut response = err.into_response(&request_id, grpc);
+            if let Some(web) = grpc_web {
+                response.headers_mut().insert(CONTENT_TYPE, web.error_content_type());
+            }
+            response
         }
     };
     response.headers_mut().insert(X_REQUEST_ID, request_id.header_value().clone());
@@ -302,6 +308,14 @@ async fn proxy(
     }
     headers::set_forwarded(&mut parts.headers, &client, if conn.tls { "https" } else { "http" });
     parts.headers.insert(X_REQUEST_ID, request_id.header_value().clone());
+    // gRPC-Web from a browser becomes gRPC upstream, and its answer gRPC-Web again.
+    let grpc_web = if policy.grpc_web { GrpcWeb::of(&parts.headers) } else { None };
+    if let Some(web) = grpc_web {
+        web.to_grpc_request(&mut parts.headers);
+    }
+    // A gRPC caller's deadline (`grpc-timeout`) shortens the route's, and goes upstream.
+    let grpc_deadline =
+        if is_grpc(&parts.headers) { parts.headers.get(&GRPC_TIMEOUT).and_then(grpc::parse_timeout) } else { None };
     let method = parts.method.clone();
     let accept_encoding =
         if policy.compress { parts.headers.get(http::header::ACCEPT_ENCODING).cloned() } else { None };
@@ -317,8 +331,19 @@ async fn proxy(
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         headers,
-        body: RequestBody::new(body, policy.max_body_bytes, runtime.body_read_timeout),
-        timeout: policy.timeout,
+        body: match grpc_web {
+            // gRPC-Web text comes whole from browsers (no client streaming): decode it.
+            Some(web @ GrpcWeb::Text) => {
+                let text = crate::publish::read_body(body, policy.max_body_bytes, runtime.body_read_timeout).await?;
+                let data = web.decode_body(text).map_err(|e| {
+                    GatewayError::new(ErrorKind::BadRequest, format!("gRPC-Web text body is not base64: {e}"))
+                })?;
+                RequestBody::Bytes { data: Some(data) }
+            }
+            _ => RequestBody::new(body, policy.max_body_bytes, runtime.body_read_timeout),
+        },
+        timeout: grpc_deadline.map_or(policy.timeout, |deadline| deadline.min(policy.timeout)),
+        grpc_deadline: grpc_deadline.is_some(),
         client_ip: client.ip,
     };
     let mut response = match policy.cache.as_ref().filter(|_| cacheable) {
@@ -400,6 +425,9 @@ async fn proxy(
         }
         (None, false) => {}
     }
+    if let Some(web) = grpc_web {
+        response = web.to_grpc_web_response(response);
+    }
     if let Some(decision) = rate {
         decision.write_headers(response.headers_mut());
     }
@@ -464,6 +492,7 @@ fn mirror_request(
         headers: parts.headers.clone(),
         body: RequestBody::Empty,
         timeout: shadow.timeout,
+        grpc_deadline: false,
         client_ip,
     };
     tokio::spawn(async move {
@@ -524,8 +553,9 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn is_grpc(req: &Request<Incoming>) -> bool {
-    req.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+/// gRPC and gRPC-Web alike: both get gateway errors in the gRPC form.
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 fn declared_length(req: &Request<Incoming>) -> Option<u64> {

@@ -99,6 +99,7 @@ fn deliver_fn(shared: Arc<Shared>, definition: &Subscription) -> DeliverFn {
                 headers,
                 body: RequestBody::Bytes { data: Some(delivery.body) },
                 timeout: service.timeout,
+                grpc_deadline: false,
                 client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
             };
             match upstream::call(&service, call).await {

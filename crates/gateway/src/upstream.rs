@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use gateway_core::{Body, ErrorKind, GatewayError};
+use gateway_proxy::grpc::GRPC_TIMEOUT;
 use gateway_proxy::RequestBody;
 use gateway_registry::{EndpointState, Pick, PickContext};
 use gateway_resilience::{CircuitBreaker, FailureKind, Outcome, Permit};
@@ -83,6 +84,8 @@ pub struct Call<'a> {
     /// The body of the first try; retries happen only for bodiless requests.
     pub body: RequestBody,
     pub timeout: Duration,
+    /// The caller stated a gRPC deadline: each try tells the upstream what is left of it.
+    pub grpc_deadline: bool,
     pub client_ip: IpAddr,
 }
 
@@ -126,6 +129,9 @@ pub async fn call(service: &ServiceRuntime, call: Call<'_>) -> Result<Answered, 
         // The last possible try takes the headers; earlier ones send a copy.
         *request.headers_mut() =
             if tries >= max_tries { headers.take().unwrap_or_default() } else { headers.clone().unwrap_or_default() };
+        if call.grpc_deadline {
+            request.headers_mut().insert(GRPC_TIMEOUT.clone(), gateway_proxy::grpc::encode_timeout(per_try));
+        }
         let mut span = call.trace.map(|(tracer, server)| {
             let endpoint = picked.endpoint();
             let span = tracer

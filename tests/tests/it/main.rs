@@ -7,6 +7,7 @@ mod attacks;
 mod auth;
 mod events;
 mod framing;
+mod grpc;
 mod lifecycle;
 mod observability;
 mod protocols;
