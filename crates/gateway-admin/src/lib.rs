@@ -17,6 +17,9 @@
 //!     fn set_circuit(&self, _: &str, _: &str, _: ForcedCircuit) -> Result<serde_json::Value, AdminError> {
 //!         Err(AdminError::not_found("no such endpoint"))
 //!     }
+//!     fn purge_cache(&self, _: &str) -> futures_util::future::BoxFuture<'static, Result<serde_json::Value, AdminError>> {
+//!         Box::pin(async { Err(AdminError::not_found("no such route")) })
+//!     }
 //! }
 //! let state = AdminState::new(gateway_telemetry::Metrics::new(), Arc::new(Nothing), None);
 //! let app: axum::Router = gateway_admin::router(state);
@@ -32,7 +35,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use futures_util::future::BoxFuture;
 use gateway_telemetry::Metrics;
@@ -98,6 +101,8 @@ pub trait AdminSource: Send + Sync + 'static {
     fn reload(&self) -> BoxFuture<'static, Result<u64, Vec<String>>>;
     /// Force an endpoint's circuit; the endpoint's new view.
     fn set_circuit(&self, service: &str, address: &str, state: ForcedCircuit) -> Result<serde_json::Value, AdminError>;
+    /// Drop every cached answer of a route; how many entries were dropped.
+    fn purge_cache(&self, route: &str) -> BoxFuture<'static, Result<serde_json::Value, AdminError>>;
     /// Metrics the runtime knows (endpoint and circuit states), appended to `/metrics`.
     fn extra_metrics(&self) -> String {
         String::new()
@@ -164,6 +169,7 @@ pub fn router_with(state: AdminState, extra_protected: Router) -> Router {
         .route("/admin/config/status", get(config_status))
         .route("/admin/reload", post(reload))
         .route("/admin/services/{service}/endpoints/{address}/circuit", post(set_circuit))
+        .route("/admin/routes/{route}/cache", delete(purge_cache))
         .with_state(state.clone())
         .merge(extra_protected)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -252,6 +258,13 @@ async fn reload(State(state): State<AdminState>) -> Response {
 #[derive(Deserialize)]
 struct CircuitRequest {
     state: ForcedCircuit,
+}
+
+async fn purge_cache(
+    State(state): State<AdminState>,
+    Path(route): Path<String>,
+) -> Result<Json<serde_json::Value>, AdminError> {
+    state.source.purge_cache(&route).await.map(Json)
 }
 
 async fn set_circuit(

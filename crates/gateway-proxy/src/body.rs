@@ -34,6 +34,8 @@ pin_project_lite::pin_project! {
             idle: Duration,
             deadline: Pin<Box<Sleep>>,
         },
+        /// A body wrapped on the way (a request whose copy goes to a mirror): off the common path.
+        Boxed { inner: Pin<Box<dyn http_body::Body<Data = Bytes, Error = BodyLimitError> + Send>> },
     }
 }
 
@@ -45,6 +47,11 @@ impl RequestBody {
         }
         RequestBody::Streaming { inner, remaining: limit, limit, idle, deadline: Box::pin(tokio::time::sleep(idle)) }
     }
+
+    /// A body made of another (such as this one, teed).
+    pub fn boxed(body: impl http_body::Body<Data = Bytes, Error = BodyLimitError> + Send + 'static) -> Self {
+        RequestBody::Boxed { inner: Box::pin(body) }
+    }
 }
 
 impl http_body::Body for RequestBody {
@@ -55,6 +62,7 @@ impl http_body::Body for RequestBody {
         match self.project() {
             RequestBodyProj::Empty => Poll::Ready(None),
             RequestBodyProj::Bytes { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            RequestBodyProj::Boxed { inner } => inner.as_mut().poll_frame(cx),
             RequestBodyProj::Streaming { inner, remaining, limit, idle, deadline } => {
                 let frame = match inner.poll_frame(cx) {
                     Poll::Ready(frame) => frame,
@@ -88,6 +96,7 @@ impl http_body::Body for RequestBody {
             RequestBody::Empty => true,
             RequestBody::Bytes { data } => data.is_none(),
             RequestBody::Streaming { inner, .. } => inner.is_end_stream(),
+            RequestBody::Boxed { inner } => inner.is_end_stream(),
         }
     }
 
@@ -96,6 +105,7 @@ impl http_body::Body for RequestBody {
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Bytes { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             RequestBody::Streaming { inner, .. } => inner.size_hint(),
+            RequestBody::Boxed { inner } => inner.size_hint(),
         }
     }
 }

@@ -129,6 +129,24 @@ impl AdminSource for AdminView {
         }))
     }
 
+    fn purge_cache(&self, route: &str) -> BoxFuture<'static, Result<Value, AdminError>> {
+        let runtime = self.shared.runtime.load_full();
+        let route = route.to_owned();
+        Box::pin(async move {
+            let policy = runtime
+                .policies
+                .iter()
+                .find(|p| p.name == route)
+                .ok_or_else(|| AdminError::not_found(format!("no route `{route}`")))?;
+            let cache =
+                policy.cache.as_ref().ok_or_else(|| AdminError::not_found(format!("route `{route}` has no cache")))?;
+            let (entries, bytes) = cache.usage().await;
+            cache.purge();
+            tracing::info!(route, entries, "cache purged by the admin API");
+            Ok(json!({ "route": route, "purged_entries": entries, "purged_bytes": bytes }))
+        })
+    }
+
     fn extra_metrics(&self) -> String {
         use std::fmt::Write as _;
         let runtime = self.shared.runtime.load();

@@ -319,10 +319,24 @@ async fn proxy(
     let method = parts.method.clone();
     let accept_encoding =
         if policy.compress { parts.headers.get(http::header::ACCEPT_ENCODING).cloned() } else { None };
-    if let Some((mirror, shadow)) = &policy.mirror {
-        mirror_request(mirror, shadow, &parts, &body, client.ip);
-    }
     let cacheable = upgrade.is_none() && (method == Method::GET || method == Method::HEAD);
+    let body = match grpc_web {
+        // gRPC-Web text comes whole from browsers (no client streaming): decode it.
+        Some(web @ GrpcWeb::Text) => {
+            let text = crate::publish::read_body(body, policy.max_body_bytes, runtime.body_read_timeout).await?;
+            let data = web.decode_body(text).map_err(|e| {
+                GatewayError::new(ErrorKind::BadRequest, format!("gRPC-Web text body is not base64: {e}"))
+            })?;
+            RequestBody::Bytes { data: Some(data) }
+        }
+        _ => {
+            let body = RequestBody::new(body, policy.max_body_bytes, runtime.body_read_timeout);
+            match &policy.mirror {
+                Some((mirror, shadow)) => mirror_request(mirror, shadow, &parts, body, client.ip),
+                None => body,
+            }
+        }
+    };
     // The cache looks at the headers after the call took them; otherwise they move.
     let headers =
         if cacheable && policy.cache.is_some() { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
@@ -331,17 +345,7 @@ async fn proxy(
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         headers,
-        body: match grpc_web {
-            // gRPC-Web text comes whole from browsers (no client streaming): decode it.
-            Some(web @ GrpcWeb::Text) => {
-                let text = crate::publish::read_body(body, policy.max_body_bytes, runtime.body_read_timeout).await?;
-                let data = web.decode_body(text).map_err(|e| {
-                    GatewayError::new(ErrorKind::BadRequest, format!("gRPC-Web text body is not base64: {e}"))
-                })?;
-                RequestBody::Bytes { data: Some(data) }
-            }
-            _ => RequestBody::new(body, policy.max_body_bytes, runtime.body_read_timeout),
-        },
+        body,
         timeout: grpc_deadline.map_or(policy.timeout, |deadline| deadline.min(policy.timeout)),
         grpc_deadline: grpc_deadline.is_some(),
         client_ip: client.ip,
@@ -469,34 +473,56 @@ async fn send(
     }
 }
 
-/// Copy a bodiless request to the shadow service in the background: its answer is
-/// discarded, and it never slows the client (bounded in-flight copies; requests with a
-/// body are not mirrored in this version).
+/// Copy a request to the shadow service in the background: its answer is discarded, and
+/// it never slows the client (bounded in-flight copies; a body is teed as the primary reads
+/// it, and only when it declares a length within the mirror's body limit). Returns the body
+/// to send to the primary.
 fn mirror_request(
     mirror: &gateway_traffic::mirror::Mirror,
     shadow: &Arc<ServiceRuntime>,
     parts: &http::request::Parts,
-    body: &Incoming,
+    body: RequestBody,
     client_ip: std::net::IpAddr,
-) {
+) -> RequestBody {
+    use gateway_traffic::mirror::{tee, BodyPlan};
     use hyper::body::Body as _;
-    if !body.is_end_stream() || !mirror.should_mirror(gateway_traffic::random_u64()) {
-        return;
+    if !mirror.should_mirror(gateway_traffic::random_u64()) {
+        return body;
     }
-    let Some(permit) = mirror.try_acquire() else { return };
-    let shadow = shadow.clone();
-    let call = upstream::Call {
-        trace: None,
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        headers: parts.headers.clone(),
-        body: RequestBody::Empty,
-        timeout: shadow.timeout,
-        grpc_deadline: false,
-        client_ip,
+    let plan = mirror.body_plan(&body.size_hint());
+    if plan == BodyPlan::Skip {
+        return body;
+    }
+    let Some(permit) = mirror.try_acquire() else { return body };
+    let (body, copy) = match plan {
+        BodyPlan::Copy => {
+            let (teed, copy) = tee(body, mirror.body_limit());
+            (RequestBody::boxed(teed), Some(copy))
+        }
+        _ => (body, None),
     };
+    let shadow = shadow.clone();
+    let (method, uri, headers) = (parts.method.clone(), parts.uri.clone(), parts.headers.clone());
     tokio::spawn(async move {
         let _permit = permit;
+        let body = match copy {
+            None => RequestBody::Empty,
+            // The primary read the whole body; a copy abandoned half way is not mirrored.
+            Some(copy) => match copy.await {
+                Some(data) => RequestBody::Bytes { data: Some(data) },
+                None => return,
+            },
+        };
+        let call = upstream::Call {
+            trace: None,
+            method,
+            uri,
+            headers,
+            body,
+            timeout: shadow.timeout,
+            grpc_deadline: false,
+            client_ip,
+        };
         match upstream::call(&shadow, call).await {
             Ok(answered) => {
                 // Read and drop the answer so the connection goes back to the pool.
@@ -505,6 +531,7 @@ fn mirror_request(
             Err((err, _)) => tracing::debug!(service = %shadow.name, error = %err, "mirror request failed"),
         }
     });
+    body
 }
 
 /// The protocol a request asks to switch to (`Connection: upgrade` with `Upgrade`), HTTP/1.1 only.

@@ -73,6 +73,53 @@ mirror = {{ service = "shadow", percent = 100 }}
     assert!(started.elapsed() < Duration::from_secs(1));
 }
 
+/// Bodies are mirrored too (teed while the primary reads them), within the mirror's 64 KiB
+/// limit; a shadow that takes 2 s never holds the client up.
+#[tokio::test]
+async fn mirrored_bodies_reach_a_slow_shadow_without_slowing_the_client() {
+    use http_body_util::BodyExt;
+    let primary = Backend::start().await;
+    let (copies, mut received) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
+    let shadow = gateway_tests::TestServer::start(
+        gateway_tests::Protocol::Http1,
+        move |req: http::Request<hyper::body::Incoming>| {
+            let copies = copies.clone();
+            async move {
+                let body = req.into_body().collect().await?.to_bytes();
+                let _ = copies.send(body);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                Ok(http::Response::new(gateway_tests::full("shadow")))
+            }
+        },
+    )
+    .await;
+    let config = format!(
+        "[services.primary]\nendpoints = [\"http://{}\"]\n[services.shadow]\nendpoints = [\"http://{}\"]\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nservice = \"primary\"\nmirror = {{ service = \"shadow\", percent = 100 }}\n",
+        primary.addr, shadow.addr
+    );
+    let gw = TestGateway::start(&config).await;
+    let post = |body: String| {
+        let req = http::Request::post("/body").header("host", "a");
+        gw.request(req.body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap())
+    };
+    let small = "m".repeat(10_000);
+    let started = Instant::now();
+    let resp = post(small.clone()).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, small.as_bytes(), "the primary got the whole body");
+    assert!(started.elapsed() < Duration::from_millis(1500), "the shadow's 2 s never reached the client");
+    let copy = tokio::time::timeout(Duration::from_secs(5), received.recv()).await.unwrap().unwrap();
+    assert_eq!(copy, small.as_bytes(), "the shadow got the same body");
+
+    // Over the limit: the primary gets it, the shadow does not (the next copy is the small one).
+    let large = "L".repeat(100 * 1024);
+    assert_eq!(post(large.clone()).await.body.len(), large.len());
+    post(small.clone()).await;
+    let next = tokio::time::timeout(Duration::from_secs(5), received.recv()).await.unwrap().unwrap();
+    assert_eq!(next.len(), small.len(), "a body over 64 KiB is not mirrored");
+}
+
 #[tokio::test]
 async fn header_transforms_fill_placeholders() {
     let backend = Backend::start().await;
@@ -129,6 +176,20 @@ cache = {{ ttl = "30s", max_entries = 100, vary = ["accept-language"] }}
     assert_eq!(backend.seen().len(), 3);
     let no_store = gw.request(get_with("/items", &[("cache-control", "no-store")])).await;
     assert_eq!(no_store.header("x-cache"), Some("MISS"));
+
+    // Purged by route through the admin API: the next read goes upstream again.
+    let admin = |method: &str, path: &str| {
+        let req = http::Request::builder().method(method).uri(path).header("host", "admin");
+        gateway_tests::send(gw.admin_addr, req.body(http_body_util::Full::new(bytes::Bytes::new())).unwrap())
+    };
+    let purged = admin("DELETE", "/admin/routes/r/cache").await;
+    assert_eq!(purged.status, 200, "{:?}", purged.body);
+    assert_eq!(purged.json()["purged_entries"], 2, "{}", purged.json());
+    let before = backend.seen().len();
+    assert_eq!(gw.get("/items").await.header("x-cache"), Some("MISS"));
+    assert_eq!(backend.seen().len(), before + 1);
+    assert_eq!(gw.get("/items").await.header("x-cache"), Some("HIT"));
+    assert_eq!(admin("DELETE", "/admin/routes/nope/cache").await.status, 404);
 }
 
 #[tokio::test]
@@ -166,4 +227,33 @@ async fn compression_is_negotiated_and_skipped_for_small_bodies() {
     assert_eq!(plain.header("content-encoding"), None);
     let small = gw.request(get_with("/status/200", &[("accept-encoding", "gzip")])).await;
     assert_eq!(small.header("content-encoding"), None);
+}
+
+/// `peak_ewma` moves traffic away from an endpoint that turned slow, before it fails: of
+/// two endpoints, the one answering 40 ms slower gets only a small share of the calls,
+/// where round robin would give it half.
+#[tokio::test]
+async fn peak_ewma_moves_traffic_away_from_a_slow_endpoint() {
+    let fast = gateway_tests::ChaosBackend::start().await;
+    let slow = gateway_tests::ChaosBackend::start().await;
+    let config = format!(
+        "[services.pair]\nendpoints = [\"http://{}\", \"http://{}\"]\nload_balancer = \"peak_ewma\"\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nservice = \"pair\"\n",
+        fast.addr, slow.addr
+    );
+    let gw = TestGateway::start(&config).await;
+    // Both alike at first; then one turns slow.
+    for _ in 0..20 {
+        assert_eq!(gw.get("/warm").await.status, 200);
+    }
+    slow.set_delay(Duration::from_millis(40));
+    let (fast_before, slow_before) = (fast.hits(), slow.hits());
+    // One call at a time: no endpoint ever has more in flight than the other, so only the
+    // latency tells them apart (least_request would split these calls evenly).
+    for i in 0..100 {
+        assert_eq!(gw.get(&format!("/call/{i}")).await.status, 200);
+    }
+    let (to_fast, to_slow) = (fast.hits() - fast_before, slow.hits() - slow_before);
+    assert_eq!(to_fast + to_slow, 100);
+    assert!(to_slow < 20, "the slow endpoint still got {to_slow} of 100 calls (fast: {to_fast})");
 }
