@@ -257,3 +257,51 @@ async fn peak_ewma_moves_traffic_away_from_a_slow_endpoint() {
     assert_eq!(to_fast + to_slow, 100);
     assert!(to_slow < 20, "the slow endpoint still got {to_slow} of 100 calls (fast: {to_fast})");
 }
+
+/// IP lists judge the client address as SPEC.md resolves it: behind a trusted proxy, the
+/// address that proxy put in `x-forwarded-for`. Deny wins over allow; refusals are 403
+/// before any backend is touched.
+#[tokio::test]
+async fn ip_lists_use_the_address_a_trusted_proxy_forwarded() {
+    let backend = Backend::start().await;
+    let config = format!(
+        "[services.echo]\nendpoints = [\"http://{}\"]\n[[routes]]\nname = \"office\"\npath_prefix = \"/\"\nservice = \"echo\"\n\
+         allow_ips = [\"10.0.0.0/8\", \"2001:db8::/32\"]\ndeny_ips = [\"10.9.0.0/16\"]\n",
+        backend.addr
+    );
+    // The test client connects from 127.0.0.1, which is a trusted proxy here.
+    let gw = TestGateway::start_with_server(&config, "trusted_proxies = [\"127.0.0.1/32\"]").await;
+    let from = |client: &'static str| gw.request(get_with("/desk", &[("x-forwarded-for", client)]));
+    assert_eq!(from("10.1.2.3").await.status, 200);
+    assert_eq!(from("2001:db8::7").await.status, 200);
+    // The rightmost untrusted address is the client: a forged leftmost entry changes nothing.
+    assert_eq!(from("10.1.2.3, 192.0.2.1").await.status, 403);
+    let denied = from("10.9.1.1").await;
+    assert_eq!(denied.status, 403, "deny wins over allow");
+    assert_eq!(denied.error_code(), "forbidden");
+    assert_eq!(gw.get("/desk").await.status, 403, "the proxy itself is not in the allow list");
+    assert_eq!(backend.seen().len(), 2, "only the allowed calls reached the backend");
+}
+
+/// Event streams are never compressed (a compressor would hold events back), even when
+/// the client accepts gzip and the events are large.
+#[tokio::test]
+async fn compression_skips_event_streams() {
+    let sse = gateway_tests::TestServer::start(gateway_tests::Protocol::Http1, |_req| async {
+        let event = format!("data: {}\n\n", "e".repeat(4000));
+        Ok(http::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(gateway_tests::full(event))
+            .unwrap())
+    })
+    .await;
+    let config = format!(
+        "[services.sse]\nendpoints = [\"http://{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nservice = \"sse\"\ncompress = true\n",
+        sse.addr
+    );
+    let gw = TestGateway::start(&config).await;
+    let resp = gw.request(get_with("/events", &[("accept-encoding", "gzip, br")])).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("content-encoding"), None);
+    assert!(resp.body.starts_with(b"data: eee"));
+}
