@@ -49,7 +49,11 @@ fn config_path(flag: Option<PathBuf>) -> PathBuf {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A log reader that went away (a closed pipe) must not take requests down with it:
+    // tracing-subscriber would otherwise report the failed write with `eprintln!`, which
+    // panics on the same closed stderr, inside whatever request was logging.
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).log_internal_errors(false);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Pretty => builder.init(),

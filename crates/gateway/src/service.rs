@@ -664,8 +664,13 @@ struct AccessEntry<'a> {
 }
 
 fn access_log(entry: &AccessEntry<'_>, response: &Response<Body>) {
-    let bytes =
-        response.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    // The size known at the head: content-length, or a whole body (the gateway's own answers).
+    let bytes = response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .or_else(|| hyper::body::Body::size_hint(response.body()).exact());
     let line = serde_json::json!({
         "ts": crate::time::now_rfc3339(),
         "request_id": entry.request_id.as_str(),

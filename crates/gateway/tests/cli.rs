@@ -68,17 +68,8 @@ fn sigterm_exits_zero_after_draining() {
     let mut lines = BufReader::new(stderr).lines();
     let started = lines.by_ref().map_while(Result::ok).find(|l| l.contains("gateway started"));
     assert!(started.is_some(), "no start line");
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit status {status:?}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = terminate(&mut child);
+    assert!(status.success(), "exit status {status:?}");
 }
 
 #[test]
@@ -91,4 +82,143 @@ fn check_points_route_table_errors_at_the_route() {
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.starts_with(&format!("{}:6:8: route `bad`", path.display())), "{stdout}");
+}
+
+/// `access_log = true`: one JSON line per request on stdout, with the fields SPEC.md lists
+/// plus the route and the gateway's error code, written as requests end (not when a buffer
+/// fills or the process exits).
+#[cfg(unix)]
+#[test]
+fn access_log_writes_one_json_line_per_request() {
+    use std::io::{Read, Write};
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let path = temp_file(
+        "access",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n[telemetry]\naccess_log = true\n\
+             [services.gone]\nendpoints = [\"http://{closed}\"]\n[[routes]]\nname = \"down\"\npath_prefix = \"/down\"\nservice = \"gone\"\n"
+        ),
+    );
+    let mut child = gateway()
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let kill = KillOnDrop(child.id());
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok);
+    let started = stderr.find(|l| l.contains("gateway started")).expect("no start line");
+    // Keep reading the logs, as a terminal or a log collector would.
+    std::thread::spawn(move || stderr.for_each(drop));
+    let log: serde_json::Value = serde_json::from_str(&started).unwrap();
+    let addr = log["fields"]["addr"].as_str().expect("addr in the start line").to_owned();
+
+    // Lines arrive on a thread, so a missing line fails the test instead of hanging it.
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let request = |target: &str| {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            stream,
+            "GET {target} HTTP/1.1\r\nhost: a\r\nx-request-id: req-{}\r\nconnection: close\r\n\r\n",
+            target.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    };
+    let answer = request("/down/x");
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    let line = lines.recv_timeout(Duration::from_secs(5)).expect("an access log line for the 502");
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["path"], "/down/x");
+    assert_eq!(entry["status"], 502);
+    assert_eq!(entry["route"], "down");
+    assert_eq!(entry["request_id"], "req-7");
+    assert!(entry["error"].is_string(), "the gateway's own error code: {entry}");
+    assert!(entry["duration_ms"].is_number() && entry["ts"].is_string() && entry["bytes"].is_number(), "{entry}");
+
+    assert!(request("/nowhere").starts_with("HTTP/1.1 404"));
+    let line = lines.recv_timeout(Duration::from_secs(5)).expect("an access log line for the 404");
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["status"], 404);
+    assert_eq!(entry["path"], "/nowhere");
+    drop(kill);
+    let _ = child.wait();
+}
+
+/// A log reader that goes away (a closed stderr pipe) costs the logs, never a request,
+/// and the gateway still drains and exits 0 on SIGTERM.
+#[cfg(unix)]
+#[test]
+fn a_closed_log_pipe_never_takes_requests_down() {
+    use std::io::{Read, Write};
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let path = temp_file(
+        "pipe",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [services.gone]\nendpoints = [\"http://{closed}\"]\n[[routes]]\nname = \"down\"\npath_prefix = \"/\"\nservice = \"gone\"\n"
+        ),
+    );
+    let mut child = gateway()
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _kill = KillOnDrop(child.id());
+    let started = {
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok);
+        stderr.find(|l| l.contains("gateway started")).expect("no start line")
+        // The reader is dropped here: every later log write fails with EPIPE.
+    };
+    let log: serde_json::Value = serde_json::from_str(&started).unwrap();
+    let addr = log["fields"]["addr"].as_str().expect("addr in the start line").to_owned();
+    for _ in 0..3 {
+        // Each 502 is logged as a warning, into the closed pipe.
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.write_all(b"GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 502"), "{answer:?}");
+    }
+    let status = terminate(&mut child);
+    assert!(status.success(), "exit status {status:?}");
+}
+
+/// SIGTERM, then the exit status, which must come within 10 s.
+fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGKILL on drop, so a failed assertion never leaves a gateway running.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-KILL", &self.0.to_string()]).stderr(Stdio::null()).status();
+    }
 }
