@@ -18,6 +18,31 @@ pub struct AdminView {
     pub control: Weak<Control>,
 }
 
+/// One number a tokio runtime reports about itself.
+type RuntimeGauge = fn(&tokio::runtime::RuntimeMetrics) -> usize;
+
+impl AdminView {
+    /// Tokio's own counts per runtime (the stable ones): a task leak shows as alive tasks
+    /// that keep growing while connections and requests do not.
+    fn runtime_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let runtimes = self.shared.runtimes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let families: [(&str, &str, RuntimeGauge); 3] = [
+            ("gateway_runtime_alive_tasks", "Tasks alive in each tokio runtime.", |m| m.num_alive_tasks()),
+            ("gateway_runtime_workers", "Worker threads of each tokio runtime.", |m| m.num_workers()),
+            ("gateway_runtime_global_queue_depth", "Tasks waiting in each runtime's global queue.", |m| {
+                m.global_queue_depth()
+            }),
+        ];
+        for (name, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (runtime, handle) in &runtimes {
+                let _ = writeln!(out, "{name}{{runtime=\"{runtime}\"}} {}", value(&handle.metrics()));
+            }
+        }
+    }
+}
+
 impl AdminSource for AdminView {
     fn routes(&self) -> Value {
         let runtime = self.shared.runtime.load();
@@ -221,6 +246,7 @@ impl AdminSource for AdminView {
             let retries = runtime.services[*name].metrics_retries.load(std::sync::atomic::Ordering::Relaxed);
             let _ = writeln!(out, "gateway_upstream_retries_total{{service=\"{name}\"}} {retries}");
         }
+        self.runtime_metrics(&mut out);
         out
     }
 }

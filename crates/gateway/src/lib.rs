@@ -48,6 +48,8 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Instances registered through the registry API; lives across reloads.
     pub registry: Arc<gateway_registry::MemoryRegistry>,
+    /// The tokio runtimes serving this gateway (`main`, `worker-N`), for their metrics.
+    pub runtimes: Mutex<Vec<(String, tokio::runtime::Handle)>>,
 }
 
 /// Why the gateway could not start.
@@ -267,7 +269,13 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
         let file = config_path.display().to_string();
         StartError::Config(messages.into_iter().map(|m| ConfigError::at_start(&file, m)).collect())
     })?;
-    let shared = Arc::new(Shared { runtime: ArcSwap::from_pointee(runtime), metrics: metrics.clone(), tls, registry });
+    let shared = Arc::new(Shared {
+        runtime: ArcSwap::from_pointee(runtime),
+        metrics: metrics.clone(),
+        tls,
+        registry,
+        runtimes: Mutex::new(vec![("main".to_owned(), tokio::runtime::Handle::current())]),
+    });
     let control = Arc::new_cyclic(|weak| {
         let view = admin::AdminView { shared: shared.clone(), control: weak.clone() };
         let admin = AdminState::new(metrics, Arc::new(view), admin_token);
@@ -307,6 +315,11 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
                         return;
                     }
                 };
+                shared
+                    .runtimes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((format!("worker-{index}"), rt.handle().clone()));
                 rt.block_on(server::serve(listener, shared, shutdown));
             })
             .map_err(|source| StartError::Listen { addr, source })?;

@@ -101,3 +101,40 @@ async fn spans_are_exported_to_an_otlp_http_collector() {
     assert_eq!(client["spanId"], upstream[2].as_str(), "upstream sees the client span");
     assert!(server.to_string().contains("\"traced\""), "the route name is an attribute: {server}");
 }
+
+/// Each tokio runtime's alive tasks are in `/metrics`: open connections show up on the
+/// worker that serves them, and go away when the connections close (a leak would not).
+#[tokio::test]
+async fn runtime_task_counts_follow_open_connections() {
+    let backend = Backend::start().await;
+    let config = format!(
+        "[services.echo]\nendpoints = [\"http://{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nservice = \"echo\"\n",
+        backend.addr
+    );
+    let gw = TestGateway::start(&config).await;
+    let alive = |text: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("gateway_runtime_alive_tasks{runtime=\"worker-0\"}"))
+            .unwrap_or_else(|| panic!("no worker-0 task gauge in:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let metrics = async || String::from_utf8_lossy(&gw.admin_get("/metrics").await.body).into_owned();
+    let text = metrics().await;
+    assert!(text.contains("gateway_runtime_workers{runtime=\"main\"}"), "{text}");
+    let before = alive(&text);
+    // Twenty idle keep-alive connections, each having served one request.
+    let mut open = Vec::new();
+    for _ in 0..20 {
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 1024];
+        assert!(stream.read(&mut buf).await.unwrap() > 0);
+        open.push(stream);
+    }
+    let during = alive(&metrics().await);
+    assert!(during >= before + 20, "20 connections, {before} tasks before and {during} after");
+    drop(open);
+    assert!(gateway_tests::eventually(async || alive(&metrics().await) < before + 5).await, "tasks stayed alive");
+}
