@@ -76,11 +76,19 @@ pub fn load(path: &Path, previous: Option<u64>) -> Result<Option<Loaded>, Vec<Co
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![ConfigError::at_start(&file, format!("cannot read the configuration file: {e}"))])?;
-    let hash = gateway_config::content_hash(&text);
+    let config = gateway_config::parse(&file, &text, &|var| std::env::var(var).ok())?;
+    // The files the configuration names (API keys, public keys) are part of its content:
+    // a changed key file is a changed configuration, an unchanged one is no reload.
+    let base = config_dir(path);
+    let mut content = text.clone();
+    for named in named_files(&config, &base) {
+        content.push('\0');
+        content.push_str(&std::fs::read_to_string(&named).unwrap_or_default());
+    }
+    let hash = gateway_config::content_hash(&content);
     if previous == Some(hash) {
         return Ok(None);
     }
-    let config = gateway_config::parse(&file, &text, &|var| std::env::var(var).ok())?;
     let routes = RouteTable::compile(&config).map_err(|errors| {
         errors
             .into_iter()
@@ -96,7 +104,6 @@ pub fn load(path: &Path, previous: Option<u64>) -> Result<Option<Loaded>, Vec<Co
             })
             .collect::<Vec<_>>()
     })?;
-    let base = config_dir(path);
     let certificates = match &config.server.tls {
         None => None,
         Some(setting) => Some(tls::Certificates::load(setting, &base).map_err(|message| {
@@ -105,6 +112,18 @@ pub fn load(path: &Path, previous: Option<u64>) -> Result<Option<Loaded>, Vec<Co
         })?),
     };
     Ok(Some(Loaded { config, routes, hash, certificates }))
+}
+
+/// Files whose content the configuration takes in at build time: API key files and JWT
+/// public keys (certificates have their own, lighter reload).
+fn named_files(config: &Config, base: &Path) -> Vec<PathBuf> {
+    config
+        .auth
+        .values()
+        .flat_map(|provider| [&provider.keys_file, &provider.public_key_file])
+        .flatten()
+        .map(|file| base.join(file))
+        .collect()
 }
 
 /// Relative paths in the configuration are relative to its directory.
@@ -338,7 +357,8 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
         }
     });
 
-    let watchers = watch_files(config_path, &tls_files, control.clone());
+    let named = named_files(&shared.runtime.load().config, &config_dir(config_path));
+    let watchers = watch_files(config_path, &named, &tls_files, control.clone());
     admin.set_ready(true);
     tracing::info!(%addr, %admin_addr, workers, "gateway started");
     Ok(GatewayHandle {
@@ -355,7 +375,16 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
 /// Watch the configuration file, and the certificate files it names: a change of either
 /// reloads. A certificate change alone re-reads the certificates (a bad one is logged and
 /// the old certificates keep serving).
-fn watch_files(config_path: &Path, tls_files: &[PathBuf], control: Arc<Control>) -> Vec<gateway_config::ConfigWatcher> {
+/// Watch the configuration file and the files it names (a change reloads the whole
+/// configuration), and the TLS files (a change reloads the certificates only). Files a
+/// later reload names are watched from the next start; until then SIGHUP or the admin API
+/// reload them.
+fn watch_files(
+    config_path: &Path,
+    named: &[PathBuf],
+    tls_files: &[PathBuf],
+    control: Arc<Control>,
+) -> Vec<gateway_config::ConfigWatcher> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Trigger>();
     let task_control = control.clone();
     tokio::spawn(async move {
@@ -370,6 +399,7 @@ fn watch_files(config_path: &Path, tls_files: &[PathBuf], control: Arc<Control>)
     });
     let mut watchers = Vec::new();
     let sources = std::iter::once((config_path.to_path_buf(), Trigger::Config))
+        .chain(named.iter().map(|f| (f.clone(), Trigger::Config)))
         .chain(tls_files.iter().map(|f| (f.clone(), Trigger::Certificates)));
     for (path, trigger) in sources {
         let tx = tx.clone();

@@ -243,3 +243,72 @@ async fn reloads_under_steady_load_fail_no_request() {
     let status = gw.admin_get("/admin/config/status").await.json();
     assert_eq!(status["version"], 51);
 }
+
+/// An API key file is part of the configuration: writing it reloads the gateway (no
+/// signal, no admin call), and an explicit reload with nothing changed is no new version.
+#[tokio::test]
+async fn api_key_files_are_watched_and_reloaded() {
+    use gateway_tests::{get_with, TempDir};
+    let hex = |key: &str| -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let backend = Backend::start().await;
+    let dir = TempDir::new();
+    let keys = dir.0.join("keys.txt");
+    std::fs::write(&keys, format!("acme {}\n", hex("key-a"))).unwrap();
+    let config = format!(
+        "[auth.partners]\ntype = \"api_key\"\nheader = \"x-api-key\"\nkeys_file = \"keys.txt\"\n{}auth = [\"partners\"]\n",
+        config(&backend, "/")
+    );
+    let gw = TestGateway::start_in(dir, &config, "").await;
+    let with_key = |key: &'static str| gw.request(get_with("/x", &[("x-api-key", key)]));
+    assert_eq!(with_key("key-a").await.status, 200);
+    assert_eq!(with_key("key-b").await.status, 401);
+
+    // Written in place, as an operator's script would.
+    std::fs::write(gw.dir().join("keys.txt"), format!("acme {}\nglobex {}\n", hex("key-a"), hex("key-b"))).unwrap();
+    assert!(eventually(async || with_key("key-b").await.status == 200).await, "the new key never worked");
+    assert_eq!(with_key("key-a").await.status, 200);
+    let version = gw.admin_get("/admin/config/status").await.json()["version"].clone();
+    assert_eq!(version, 2);
+    assert_eq!(gw.handle().reload().await.unwrap(), 2, "nothing changed: no new version");
+}
+
+/// A thousand reloads, each a real change that replaces services, health checks and
+/// routes, leave no task behind (tokio's own count, as `/metrics` shows it).
+#[tokio::test]
+async fn a_thousand_reloads_leave_no_task_behind() {
+    let backend = Backend::start().await;
+    let text = |i: u64| {
+        format!(
+            "[services.echo{n}]\nendpoints = [\"http://{addr}\"]\nhealth_check = {{ path = \"/status/200\", interval = \"1s\" }}\n\
+             [[routes]]\nname = \"r{n}\"\npath_prefix = \"/\"\nservice = \"echo{n}\"\n",
+            n = i % 3,
+            addr = backend.addr
+        )
+    };
+    let gw = TestGateway::start(&text(0)).await;
+    let main_tasks = async || {
+        let metrics = String::from_utf8_lossy(&gw.admin_get("/metrics").await.body).into_owned();
+        let line = metrics.lines().find(|l| l.starts_with("gateway_runtime_alive_tasks{runtime=\"main\"}")).unwrap();
+        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+    };
+    // Warm up: the first few reloads may start tasks that live for good (watchers, pools).
+    for i in 1..=10u64 {
+        std::fs::write(&gw.config_path, TestGateway::full_config(&text(i), "")).unwrap();
+        gw.handle().reload().await.unwrap();
+    }
+    let before = main_tasks().await;
+    for i in 11..=1010u64 {
+        std::fs::write(&gw.config_path, TestGateway::full_config(&text(i), "")).unwrap();
+        assert_eq!(gw.handle().reload().await.unwrap(), i + 1);
+    }
+    assert_eq!(gw.get("/x").await.status, 200);
+    // Stopped tasks are reaped as they notice; allow them a moment, then compare.
+    assert!(
+        eventually(async || main_tasks().await <= before + 2).await,
+        "tasks: {before} before, {} after 1,000 reloads",
+        main_tasks().await
+    );
+}
