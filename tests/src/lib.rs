@@ -8,6 +8,7 @@
 //! - [`ChaosBackend`]: the echo backend, killable (listener and connections), restartable on
 //!   its port, and slowable.
 //! - [`GrpcBackend`]: a tonic gRPC server (h2c) with the four call kinds of `proto/echo.proto`.
+//! - [`Browser`]: headless Chromium driven by chromedriver over WebDriver (the dashboard test).
 //! - [`TestCa`], [`Leaf`] and [`tls_connect`]: certificates made at test time and TLS clients.
 //!
 //! ```no_run
@@ -29,6 +30,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod backend;
+mod browser;
 mod client;
 mod gateway;
 mod grpc;
@@ -36,6 +38,7 @@ mod servers;
 mod tls;
 
 pub use backend::{full, Backend, BoxedBody, ChaosBackend, Protocol, Seen, TestServer};
+pub use browser::Browser;
 pub use client::{eventually, get_with, raw, send, Answer};
 pub use gateway::TestGateway;
 pub use grpc::{echo, GrpcBackend};

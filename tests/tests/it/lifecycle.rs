@@ -312,3 +312,47 @@ async fn a_thousand_reloads_leave_no_task_behind() {
         main_tasks().await
     );
 }
+
+/// The dashboard in a real browser (headless Chromium): it asks for the admin token, keeps
+/// it for the tab, then shows the routes, the services' endpoints and a circuit forced open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_routes_and_an_open_circuit_in_a_browser() {
+    let (a, b) = (Backend::start().await, Backend::start().await);
+    let dir = gateway_tests::TempDir::new();
+    let path = dir.0.join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"dash-token\"\n\
+             [services.pair]\nendpoints = [\"http://{}\", \"http://{}\"]\n\
+             [[routes]]\nname = \"orders-api\"\npath_prefix = \"/orders\"\nservice = \"pair\"\n",
+            a.addr, b.addr
+        ),
+    )
+    .unwrap();
+    let handle = gateway::start(&path).await.unwrap();
+    let forced = http::Request::post(format!("/admin/services/pair/endpoints/{}/circuit", b.addr))
+        .header("host", "admin")
+        .header("authorization", "Bearer dash-token")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(br#"{"state": "open"}"#)))
+        .unwrap();
+    assert_eq!(gateway_tests::send(handle.admin_addr, forced).await.status, 200);
+
+    let browser = gateway_tests::Browser::start().await;
+    browser.goto(&format!("http://{}/", handle.admin_addr)).await;
+    let asked = browser.wait_for_text("#config-status", |t| t.contains("token")).await;
+    assert!(asked.is_ok(), "the page did not ask for the token: {asked:?}");
+    browser.type_into("#token", "dash-token").await;
+    browser.click("#login button").await;
+    let status = browser.wait_for_text("#config-status", |t| t.starts_with("config v1")).await;
+    assert!(status.is_ok(), "config status: {status:?}");
+    let routes = browser.wait_for_text("#routes", |t| t.contains("orders-api")).await;
+    assert!(routes.as_ref().is_ok_and(|t| t.contains("service pair")), "routes table: {routes:?}");
+    let services = browser.wait_for_text("#services", |t| t.contains("open")).await.unwrap_or_else(|t| t);
+    let open_row = services.lines().find(|l| l.contains(&b.addr.to_string())).unwrap_or_default();
+    assert!(open_row.contains("open"), "the forced circuit is not shown open: {services}");
+    let closed_row = services.lines().find(|l| l.contains(&a.addr.to_string())).unwrap_or_default();
+    assert!(closed_row.contains("closed") && closed_row.contains("healthy"), "{services}");
+    browser.quit().await;
+    handle.shutdown().await;
+}
