@@ -130,6 +130,8 @@ where
             // keep the bounds explicit.
             .max_pending_accept_reset_streams(Some(50))
             .max_local_error_reset_streams(Some(256))
+            // WebSockets over HTTP/2 (RFC 8441 extended CONNECT).
+            .enable_connect_protocol()
             .keep_alive_interval(Some(server_cfg.idle_timeout.get()))
             .keep_alive_timeout(Duration::from_secs(20));
         let conn = builder.serve_connection(TokioIo::new(io), svc);

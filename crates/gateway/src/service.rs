@@ -135,7 +135,9 @@ async fn proxy(
     // A CORS preflight is matched as the request it announces, so a GET-only route with
     // CORS answers the browser's OPTIONS.
     let preflight = cors::is_preflight(req.method(), req.headers());
-    let match_method = preflight.as_ref().unwrap_or(req.method());
+    // A WebSocket over HTTP/2 (extended CONNECT) is matched as the GET it is in HTTP/1.1.
+    let h2_websocket = is_extended_connect(&req);
+    let match_method = if h2_websocket { &Method::GET } else { preflight.as_ref().unwrap_or(req.method()) };
     let matched =
         runtime.routes.find(host.as_deref(), match_method, &path, req.headers()).map_err(|miss| match miss {
             RouteMiss::NotFound => GatewayError::new(ErrorKind::RouteNotFound, "no route matches this request"),
@@ -292,6 +294,13 @@ async fn proxy(
         None => upstream_path.into_owned(),
     };
     let (mut parts, body) = req.into_parts();
+    if h2_websocket {
+        // RFC 8441 to RFC 6455: the upstream gets the HTTP/1.1 handshake, with a key of
+        // the gateway's own (an HTTP/2 client sends none).
+        parts.method = Method::GET;
+        parts.headers.insert(http::header::SEC_WEBSOCKET_KEY, websocket_key());
+        parts.headers.entry(http::header::SEC_WEBSOCKET_VERSION).or_insert(HeaderValue::from_static("13"));
+    }
     parts.uri = http::Uri::try_from(path_and_query)
         .map_err(|e| GatewayError::new(ErrorKind::BadRequest, format!("malformed request target: {e}")))?;
     if !parts.headers.contains_key(HOST) {
@@ -413,12 +422,19 @@ async fn proxy(
     match (client_upgrade, switching) {
         (Some(client_upgrade), true) => {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("upgrade"));
-            if let Some(protocol) = upstream_protocol {
-                response.headers_mut().insert(UPGRADE, protocol);
+            if h2_websocket {
+                // HTTP/2 accepts the tunnel with a 200 and no handshake headers.
+                *response.status_mut() = StatusCode::OK;
+                response.headers_mut().remove(http::header::SEC_WEBSOCKET_ACCEPT);
+            } else {
+                response.headers_mut().insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                if let Some(protocol) = upstream_protocol {
+                    response.headers_mut().insert(UPGRADE, protocol);
+                }
             }
             tokio::spawn(tunnel(client_upgrade, upstream_upgrade, runtime.idle_timeout));
         }
+        (Some(_), false) if h2_websocket => {}
         (Some(_), false) => {
             // The upgrade was refused: the rest of this connection is not inspected
             // (strict.rs stops at an Upgrade header), so it must not carry more requests.
@@ -535,7 +551,27 @@ fn mirror_request(
 }
 
 /// The protocol a request asks to switch to (`Connection: upgrade` with `Upgrade`), HTTP/1.1 only.
+/// An HTTP/2 CONNECT with a `:protocol` (RFC 8441): a WebSocket over one HTTP/2 stream.
+fn is_extended_connect(req: &Request<Incoming>) -> bool {
+    req.method() == Method::CONNECT
+        && req.version() == Version::HTTP_2
+        && req.extensions().get::<hyper::ext::Protocol>().is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// A fresh `sec-websocket-key`: 16 random bytes in base64.
+fn websocket_key() -> HeaderValue {
+    use base64::Engine as _;
+    let mut nonce = [0u8; 16];
+    nonce[..8].copy_from_slice(&gateway_core::random_u64().to_le_bytes());
+    nonce[8..].copy_from_slice(&gateway_core::random_u64().to_le_bytes());
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    HeaderValue::try_from(key).unwrap_or(HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
+}
+
 fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if is_extended_connect(req) {
+        return Some(HeaderValue::from_static("websocket"));
+    }
     if req.version() != Version::HTTP_11 {
         return None;
     }
@@ -596,7 +632,7 @@ fn bad_framing(message: &'static str) -> GatewayError {
 /// What the raw-head inspector (`strict.rs`) cannot judge: the method. Framing itself
 /// (content-length, transfer-encoding, line endings, `#`) is judged on the raw bytes.
 fn check_framing(req: &Request<Incoming>) -> Result<(), GatewayError> {
-    if req.method() == Method::CONNECT {
+    if req.method() == Method::CONNECT && !is_extended_connect(req) {
         return Err(GatewayError::new(ErrorKind::BadRequest, "CONNECT is not served by this gateway").closing());
     }
     Ok(())

@@ -445,6 +445,46 @@ async fn websocket_echo_and_closes_both_ways() {
     }
 }
 
+/// RFC 8441: a WebSocket over HTTP/2 (extended CONNECT with `:protocol = websocket`) is
+/// accepted from clients and carried to an HTTP/1.1 upstream as a classic Upgrade.
+#[tokio::test]
+async fn websocket_over_http2_extended_connect() {
+    let (addr, mut closes) = ws_echo_server().await;
+    let gw = TestGateway::start(&one_route(&format!("http://{addr}"), "")).await;
+    let mut h2 = h2_client::<_, Empty<Bytes>>(TcpStream::connect(gw.addr).await.unwrap()).await;
+    let req = Request::connect(format!("http://{}/chat", gw.addr))
+        .version(Version::HTTP_2)
+        .header("sec-websocket-version", "13")
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .body(Empty::new())
+        .unwrap();
+    let resp = within("extended CONNECT", h2.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{:?}", resp.headers());
+    assert!(resp.headers().get("sec-websocket-accept").is_none(), "no HTTP/1.1 handshake headers in HTTP/2");
+    let io = within("upgrade", hyper::upgrade::on(resp)).await.unwrap();
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(io),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    ws.send(Message::text("over h2")).await.unwrap();
+    assert_eq!(within("echo over h2", ws.next()).await.unwrap().unwrap(), Message::text("over h2"));
+    ws.close(Some(CloseFrame { code: CloseCode::Away, reason: "h2 done".into() })).await.unwrap();
+    let seen = within("server sees the close", closes.recv()).await.unwrap().expect("a close frame");
+    assert_eq!(seen.reason.as_str(), "h2 done");
+
+    // Other streams of the same connection keep working meanwhile.
+    let plain = Request::get(format!("http://{}/plain", gw.addr)).body(Empty::new()).unwrap();
+    let answer = within("plain request on the same connection", h2.send_request(plain)).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::BAD_GATEWAY, "the echo server speaks only WebSocket");
+
+    // A CONNECT without `:protocol` is still refused.
+    let tunnel = Request::connect(format!("http://{}/", gw.addr)).body(Empty::new()).unwrap();
+    let refused = within("plain CONNECT", h2.send_request(tunnel)).await;
+    assert!(refused.map_or(true, |r| r.status() == StatusCode::BAD_REQUEST), "plain CONNECT must not tunnel");
+}
+
 #[tokio::test]
 async fn websocket_over_tls_termination() {
     let (addr, _closes) = ws_echo_server().await;
