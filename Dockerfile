@@ -1,6 +1,9 @@
 # docker build -t gateway . && docker run -p 8080:8080 -p 9901:9901 -v $PWD/gateway.toml:/etc/gateway/gateway.toml gateway
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
+# etcd-client compiles etcd's .proto files at build time.
+RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
+    && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cargo build --release --locked -p gateway && strip target/release/gateway
 

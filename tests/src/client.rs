@@ -65,12 +65,21 @@ pub fn get_with(path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
 
 /// Poll `check` every 40 ms for at most 4 s: for states the gateway reaches in the
 /// background (a reload, a circuit, a health check), whose only signal is its own answer.
-pub async fn eventually(mut check: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..100 {
+pub async fn eventually(check: impl AsyncFnMut() -> bool) -> bool {
+    eventually_within(Duration::from_secs(4), check).await
+}
+
+/// Like [`eventually`], for at most `limit`: for a bound the test asserts (served
+/// "within a second"), or states another process decides on its own clock (lease expiry).
+pub async fn eventually_within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
         if check().await {
             return true;
         }
+        if start.elapsed() >= limit {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
-    false
 }

@@ -39,10 +39,12 @@ mod tls;
 
 pub use backend::{full, Backend, BoxedBody, ChaosBackend, Protocol, Seen, TestServer};
 pub use browser::Browser;
-pub use client::{eventually, get_with, raw, send, Answer};
+pub use client::{eventually, eventually_within, get_with, raw, send, Answer};
 pub use gateway::TestGateway;
 pub use grpc::{echo, GrpcBackend};
-pub use servers::{shared_nats, shared_rabbit, shared_redis, NatsServer, RabbitServer, RedisServer};
+pub use servers::{
+    shared_etcd, shared_nats, shared_rabbit, shared_redis, EtcdServer, NatsServer, RabbitServer, RedisServer,
+};
 pub use tls::{tls_connect, Leaf, TestCa};
 
 /// A fresh directory under the system temp dir, removed on drop.

@@ -162,6 +162,22 @@ impl ProcessGroup {
         self.leader.try_wait().ok().flatten().is_some()
     }
 
+    /// Poll `ready` every 25 ms for at most `limit`: `Some(true)` once it holds, `Some(false)`
+    /// at the limit, `None` when the leader exits first (a port was taken).
+    fn wait_ready(&mut self, limit: Duration, ready: impl Fn() -> bool) -> Option<bool> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < limit {
+            if self.leader_exited() {
+                return None;
+            }
+            if ready() {
+                return Some(true);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Some(false)
+    }
+
     fn kill(&mut self) {
         if std::mem::replace(&mut self.killed, true) {
             return;
@@ -222,17 +238,12 @@ impl NatsServer {
         let install = "install it with `apt-get install -y nats-server`";
         let group = ProcessGroup::spawn(&mut command, "nats-server", install, &dir.0);
         let mut server = NatsServer { group, port, _dir: dir };
-        // Ready when it greets a client with INFO; bounded at 20s.
-        for _ in 0..800 {
-            if server.group.leader_exited() {
-                return None;
-            }
-            if nats_info(port) {
-                return Some(server);
-            }
-            std::thread::sleep(Duration::from_millis(25));
+        // Ready when it greets a client with INFO.
+        match server.group.wait_ready(Duration::from_secs(20), || nats_info(port)) {
+            None => None,
+            Some(true) => Some(server),
+            Some(false) => panic!("nats-server on port {port} did not greet a client within 20s"),
         }
-        panic!("nats-server on port {port} did not greet a client within 20s");
     }
 
     /// `nats://127.0.0.1:PORT`
@@ -397,4 +408,89 @@ pub fn shared_rabbit() -> Arc<RabbitServer> {
     static SHARED: Mutex<Option<Arc<RabbitServer>>> = Mutex::new(None);
     let mut slot = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
     slot.get_or_insert_with(|| Arc::new(RabbitServer::start())).clone()
+}
+
+/// A single-member `etcd` on free loopback ports (client and peer), its data in a temporary
+/// directory; killed when dropped (and when the test process dies). [`EtcdServer::kill`]
+/// and [`EtcdServer::restart`] play an outage: the restarted member has the same ports and data.
+pub struct EtcdServer {
+    group: ProcessGroup,
+    pub port: u16,
+    peer_port: u16,
+    dir: crate::TempDir,
+}
+
+impl EtcdServer {
+    pub fn start() -> EtcdServer {
+        for _ in 0..5 {
+            let dir = crate::TempDir::new();
+            if let Some(server) = EtcdServer::start_on(free_port(), free_port(), dir) {
+                return server;
+            }
+        }
+        panic!("etcd did not start on any of 5 pairs of free ports");
+    }
+
+    /// Start with `dir` as the data directory; `None` when etcd exits at once (a port was taken).
+    fn start_on(port: u16, peer_port: u16, dir: crate::TempDir) -> Option<EtcdServer> {
+        let client = format!("http://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let mut command = Command::new(ETCD);
+        command
+            .args(["--name", "test", "--data-dir"])
+            .arg(dir.0.join("etcd"))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("test={peer}"), "--initial-cluster-state", "new"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let install = "install it with `apt-get install -y etcd-server`";
+        let group = ProcessGroup::spawn(&mut command, "etcd", install, &dir.0);
+        let mut server = EtcdServer { group, port, peer_port, dir };
+        // Ready when /health says the member has a leader and serves.
+        match server.group.wait_ready(Duration::from_secs(20), || etcd_healthy(port)) {
+            None => None,
+            Some(true) => Some(server),
+            Some(false) => panic!("etcd on port {port} did not report healthy within 20s"),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stop the member now (as an outage would).
+    pub fn kill(&mut self) {
+        self.group.kill();
+    }
+
+    /// Start it again on the same ports with the same data, after [`EtcdServer::kill`].
+    pub fn restart(self) -> EtcdServer {
+        let EtcdServer { mut group, port, peer_port, dir } = self;
+        group.kill();
+        drop(group);
+        EtcdServer::start_on(port, peer_port, dir).expect("etcd restarts on its ports")
+    }
+}
+
+/// From the PATH: Debian's etcd-server installs /usr/bin/etcd.
+const ETCD: &str = "etcd";
+
+/// `GET /health` on the client port answers `{"health":"true",...}` once the member serves.
+fn etcd_healthy(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut answer = String::new();
+    s.write_all(b"GET /health HTTP/1.0\r\nHost: etcd\r\n\r\n").is_ok()
+        && s.read_to_string(&mut answer).is_ok()
+        && answer.contains("\"health\":\"true\"")
+}
+
+/// One etcd for every test of this binary that does not kill it (each test uses a key prefix
+/// of its own), started on first use and killed when the test process exits.
+pub fn shared_etcd() -> Arc<EtcdServer> {
+    static SHARED: Mutex<Option<Arc<EtcdServer>>> = Mutex::new(None);
+    let mut slot = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    slot.get_or_insert_with(|| Arc::new(EtcdServer::start())).clone()
 }

@@ -103,6 +103,12 @@ pub trait AdminSource: Send + Sync + 'static {
     fn set_circuit(&self, service: &str, address: &str, state: ForcedCircuit) -> Result<serde_json::Value, AdminError>;
     /// Drop every cached answer of a route; how many entries were dropped.
     fn purge_cache(&self, route: &str) -> BoxFuture<'static, Result<serde_json::Value, AdminError>>;
+    /// Details `/readyz` shows beside its verdict: the state of each dependency (the
+    /// registry store, ...) as a JSON object. A degraded dependency does not make the
+    /// gateway unready: it keeps serving what it last knew.
+    fn readiness(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
     /// Metrics the runtime knows (endpoint and circuit states), appended to `/metrics`.
     fn extra_metrics(&self) -> String {
         String::new()
@@ -213,12 +219,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
+/// `{"status": "ready" | "not_ready", "details": {...}}`: 200 when ready, else 503.
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    }
+    let (status, word) =
+        if state.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not_ready") };
+    (status, Json(serde_json::json!({ "status": word, "details": state.source.readiness() })))
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {

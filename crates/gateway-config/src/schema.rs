@@ -242,7 +242,8 @@ pub struct Service {
     pub endpoints: Vec<Spanned<String>>,
     #[serde(default)]
     pub discovery: Discovery,
-    /// `host:port` to resolve when `discovery = "dns"`.
+    /// `host:port` to resolve (A/AAAA) when `discovery = "dns"`, or `srv://NAME` for
+    /// the SRV records of `NAME` (each target with its own port, priority and weight).
     pub dns: Option<String>,
     #[serde(default)]
     pub load_balancer: LoadBalancer,
@@ -282,8 +283,12 @@ pub enum HealthCheckKind {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
+    /// `http`: GET `path`, 2xx passes. `grpc`: `grpc.health.v1.Health/Check`, `SERVING` passes.
     #[serde(default)]
     pub kind: HealthCheckKind,
+    /// The service name a `grpc` check asks about; unset: the server as a whole (`""`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     #[serde(default = "default_health_path")]
     pub path: String,
     #[serde(default = "default_health_interval")]

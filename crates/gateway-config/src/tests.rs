@@ -595,6 +595,15 @@ fn discovery_rules() {
     expect_only(&service("discovery = \"dns\""), "\"dns\"", "discovery = \"dns\" needs dns = \"host:port\"");
     expect_only(&service("discovery = \"dns\"\ndns = \"users.internal\""), "\"users.internal\"", "a port is required");
     expect_only(&service("endpoints = [\"http://a:1\"]\ndns = \"a:1\""), "dns =", "only used with discovery = \"dns\"");
+    // SRV records: srv://NAME, no port (the records carry it).
+    ok(&service("discovery = \"dns\"\ndns = \"srv://_http._tcp.users.internal\""));
+    ok(&service("discovery = \"dns\"\ndns = \"srv://_grpc._tcp.users.internal.\""));
+    expect_only(&service("discovery = \"dns\"\ndns = \"srv://\""), "\"srv://\"", "srv://NAME needs a DNS name");
+    expect_only(
+        &service("discovery = \"dns\"\ndns = \"srv://_http._tcp.users.internal:80\""),
+        "\"srv://_http",
+        "srv://NAME needs a DNS name",
+    );
 }
 
 #[test]
@@ -639,6 +648,12 @@ fn circuit_breaker_retry_and_health_check_ranges() {
         &service(&format!("{e}\nhealth_check = {{ path = \"health\" }}")),
         "\"health\"",
         "health_check.path must start",
+    );
+    ok(&service(&format!("{e}\nhealth_check = {{ kind = \"grpc\", service = \"users.v1.Users\" }}")));
+    expect_only(
+        &service(&format!("{e}\nhealth_check = {{ service = \"users.v1.Users\" }}")),
+        "service =",
+        "health_check.service is only used with kind = \"grpc\"",
     );
     expect_only(
         &service(&format!("{e}\nconnect_timeout = \"0ms\"")),
@@ -693,6 +708,14 @@ fn etcd_store_needs_etcd() {
         &with("[registry]\nstore = \"etcd\"\netcd = { endpoints = [] }\n"),
         "[]",
         "registry.etcd.endpoints is empty",
+    );
+    let etcd = "etcd = { endpoints = [\"http://127.0.0.1:2379\"], prefix = \"\" }";
+    expect_only(&with(&format!("[registry]\nstore = \"etcd\"\n{etcd}\n")), "\"\" }", "registry.etcd.prefix is empty");
+    let etcd = "etcd = { endpoints = [\"http://127.0.0.1:2379\"] }";
+    expect_only(
+        &with(&format!("[registry]\nstore = \"etcd\"\nttl = \"500ms\"\n{etcd}\n")),
+        "\"500ms\"",
+        "registry.ttl must be at least 1s with the etcd store",
     );
 }
 

@@ -191,6 +191,15 @@ impl Validator<'_, '_, '_> {
                 if etcd.endpoints.is_empty() {
                     self.at_value(&[K("registry"), K("etcd"), K("endpoints")], "registry.etcd.endpoints is empty");
                 }
+                if etcd.prefix.is_empty() {
+                    self.at_value(&[K("registry"), K("etcd"), K("prefix")], "registry.etcd.prefix is empty");
+                }
+                if r.ttl.get() < std::time::Duration::from_secs(1) {
+                    self.at_value(
+                        &[K("registry"), K("ttl")],
+                        "registry.ttl must be at least 1s with the etcd store (leases count whole seconds)",
+                    );
+                }
                 for (i, e) in etcd.endpoints.iter().enumerate() {
                     let ok = if e.contains("://") {
                         Endpoint::parse(e).is_ok_and(|e| e.scheme != crate::Scheme::H2c)
@@ -258,11 +267,21 @@ impl Validator<'_, '_, '_> {
             (Some(_), Discovery::Static | Discovery::Registry) => {
                 self.at_key(&at("dns"), format!("{what}: `dns` is only used with discovery = \"dns\""))
             }
-            (Some(dns), Discovery::Dns) => {
-                if let Err(e) = parse_host_port(dns, None) {
-                    self.at_value(&at("dns"), format!("{what}: dns = \"{dns}\": {e}"));
+            (Some(dns), Discovery::Dns) => match dns.strip_prefix("srv://") {
+                Some(name) => {
+                    if !valid_dns_name(name) {
+                        self.at_value(
+                            &at("dns"),
+                            format!("{what}: dns = \"{dns}\": srv://NAME needs a DNS name such as srv://_http._tcp.users.internal"),
+                        );
+                    }
                 }
-            }
+                None => {
+                    if let Err(e) = parse_host_port(dns, None) {
+                        self.at_value(&at("dns"), format!("{what}: dns = \"{dns}\": {e}"));
+                    }
+                }
+            },
             (None, _) => {}
         }
         match (&s.hash_on, s.load_balancer) {
@@ -287,6 +306,9 @@ impl Validator<'_, '_, '_> {
             let hc = |key: &'static str| [K("services"), K(name), K("health_check"), K(key)];
             if !h.path.starts_with('/') {
                 self.at_value(&hc("path"), format!("{what}: health_check.path must start with `/`"));
+            }
+            if h.service.is_some() && h.kind != HealthCheckKind::Grpc {
+                self.at_key(&hc("service"), format!("{what}: health_check.service is only used with kind = \"grpc\""));
             }
             self.positive(&hc("interval"), &format!("{what}: health_check.interval"), h.interval);
             self.positive(&hc("timeout"), &format!("{what}: health_check.timeout"), h.timeout);
@@ -960,4 +982,16 @@ fn rate_key(key: &str) -> Result<(), String> {
         Some(("claim", name)) if !name.is_empty() && !name.contains(char::is_whitespace) => Ok(()),
         _ => Err(format!("key `{key}` must be \"ip\", \"global\", \"consumer\", \"header:NAME\" or \"claim:NAME\"")),
     }
+}
+
+/// A DNS name: dot-separated labels of letters, digits, `-` and `_` (SRV names start
+/// with `_service._proto`), 1-63 bytes each, 253 in all; a trailing dot is allowed.
+fn valid_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }

@@ -14,8 +14,9 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::registry::{MemoryRegistry, Registered, RegistryError};
+use crate::registry::{Registered, RegistryError};
 use crate::state::Metadata;
+use crate::store::Registry;
 
 /// The largest registration body accepted; larger ones get 400.
 pub const MAX_REGISTRATION_BYTES: usize = 64 * 1024;
@@ -37,7 +38,10 @@ pub const MAX_REGISTRATION_BYTES: usize = 64 * 1024;
 /// `scheme` (`http` default, `https`, `h2c`) and `weight` (1-1000) the gateway uses.
 /// Anything else malformed, and a body over 64 KiB, gets 400 with the gateway's JSON
 /// error `{"error": {"status": 400, "code": "bad_request", "message": "..."}}`.
-pub fn registry_api(registry: Arc<MemoryRegistry>) -> Router {
+/// With the `etcd` store, a write that etcd does not confirm gets 503
+/// `service_unavailable` (reads keep answering from the local copy).
+pub fn registry_api(registry: impl Into<Registry>) -> Router {
+    let registry = Arc::new(registry.into());
     Router::new()
         .route("/registry/services", get(list_services).fallback(not_allowed("GET")))
         .route("/registry/services/{service}", get(list_instances).fallback(not_allowed("GET")))
@@ -49,7 +53,7 @@ pub fn registry_api(registry: Arc<MemoryRegistry>) -> Router {
         .with_state(registry)
 }
 
-type Registry = State<Arc<MemoryRegistry>>;
+type Store = State<Arc<Registry>>;
 
 /// A registry API failure, answered as the gateway's JSON error.
 #[derive(Debug)]
@@ -72,6 +76,12 @@ impl From<RegistryError> for ApiError {
             RegistryError::NotFound { .. } => {
                 ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message: e.to_string(), allow: None }
             }
+            RegistryError::Unavailable(_) => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "service_unavailable",
+                message: e.to_string(),
+                allow: None,
+            },
             RegistryError::InvalidName(_) | RegistryError::InvalidAddress(_) | RegistryError::InvalidMetadata(_) => {
                 ApiError::bad_request(e.to_string())
             }
@@ -96,7 +106,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn not_allowed(allow: &'static str) -> MethodRouter<Arc<MemoryRegistry>> {
+fn not_allowed(allow: &'static str) -> MethodRouter<Arc<Registry>> {
     MethodRouter::new().fallback(move || async move {
         ApiError {
             status: StatusCode::METHOD_NOT_ALLOWED,
@@ -131,7 +141,7 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
 }
 
 async fn register(
-    State(registry): Registry,
+    State(registry): Store,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,
@@ -142,31 +152,31 @@ async fn register(
         ApiError::bad_request(format!("expected {{\"address\": \"host:port\", \"metadata\": {{...}}}}: {e}"))
     })?;
     let metadata = registration.metadata.unwrap_or_default();
-    Ok(match registry.register(&service, &id, &registration.address, metadata)? {
+    Ok(match registry.register(&service, &id, &registration.address, metadata).await? {
         Registered::Created(view) => (StatusCode::CREATED, Json(view)).into_response(),
         Registered::Renewed(view) => (StatusCode::OK, Json(view)).into_response(),
     })
 }
 
 async fn heartbeat(
-    State(registry): Registry,
+    State(registry): Store,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((service, id)) = path?;
-    Ok(Json(registry.heartbeat(&service, &id)?).into_response())
+    Ok(Json(registry.heartbeat(&service, &id).await?).into_response())
 }
 
 async fn deregister(
-    State(registry): Registry,
+    State(registry): Store,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Path((service, id)) = path?;
-    registry.deregister(&service, &id)?;
+    registry.deregister(&service, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn get_instance(
-    State(registry): Registry,
+    State(registry): Store,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((service, id)) = path?;
@@ -182,12 +192,12 @@ async fn get_instance(
     Ok(Json(view).into_response())
 }
 
-async fn list_services(State(registry): Registry) -> Response {
+async fn list_services(State(registry): Store) -> Response {
     Json(json!({ "services": registry.services() })).into_response()
 }
 
 async fn list_instances(
-    State(registry): Registry,
+    State(registry): Store,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(service) = path?;

@@ -1,6 +1,6 @@
 //! Where endpoint sets come from: the [`Discover`] notion and DNS discovery.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,17 +102,85 @@ pub struct DnsDiscovery {
     task: AbortHandle,
 }
 
+/// What a [`DnsDiscovery`] asks the resolver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsQuery {
+    /// The A and AAAA records of `host`, each address with `port`.
+    Address {
+        /// A DNS name or an IP address.
+        host: String,
+        /// The port every address gets.
+        port: u16,
+    },
+    /// The SRV records of `name` (`_http._tcp.users.internal`): each target's A/AAAA
+    /// records with the record's port and weight, the lowest priority only (see
+    /// [`srv_endpoints`]).
+    Srv {
+        /// The SRV owner name.
+        name: String,
+    },
+}
+
 impl DnsDiscovery {
     /// Start resolving `host` (a DNS name or an IP address) in the background; every
     /// address becomes `scheme://address:port`. Must run inside a tokio runtime.
     pub fn spawn(host: &str, port: u16, scheme: Scheme, options: DnsOptions) -> Result<Self, DiscoveryError> {
+        Self::spawn_query(DnsQuery::Address { host: host.to_owned(), port }, scheme, options)
+    }
+
+    /// Start answering `query` in the background; every address becomes
+    /// `scheme://address:port`. Must run inside a tokio runtime.
+    pub fn spawn_query(query: DnsQuery, scheme: Scheme, options: DnsOptions) -> Result<Self, DiscoveryError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| DiscoveryError::NoRuntime)?;
         let (tx, rx) = watch::channel(None);
         let resolver = resolver();
-        let host = host.to_owned();
-        let task = runtime.spawn(resolve_loop(resolver, host, port, scheme, options, tx)).abort_handle();
+        let task = runtime.spawn(resolve_loop(resolver, query, scheme, options, tx)).abort_handle();
         Ok(DnsDiscovery { rx, task })
     }
+}
+
+/// One SRV record with the addresses its target resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrvTarget {
+    /// Lower is preferred.
+    pub priority: u16,
+    /// Share among targets of the same priority (0-65535).
+    pub weight: u16,
+    /// The port the service listens on at this target.
+    pub port: u16,
+    /// The target's A/AAAA addresses (empty when it did not resolve).
+    pub addresses: Vec<IpAddr>,
+}
+
+/// The endpoints SRV records name (RFC 2782): only targets of the lowest priority that
+/// has at least one resolved address are used (higher priorities are the fallback for
+/// when none of those resolve); each address gets its record's port, and the record's
+/// weight becomes the endpoint weight, scaled into 1..=[`crate::MAX_WEIGHT`] keeping
+/// proportions (weight 0, "rarely", becomes 1). Sorted by address, without duplicates.
+pub fn srv_endpoints(targets: &[SrvTarget], scheme: Scheme) -> Vec<Discovered> {
+    let Some(priority) = targets.iter().filter(|t| !t.addresses.is_empty()).map(|t| t.priority).min() else {
+        return Vec::new();
+    };
+    let chosen: Vec<&SrvTarget> = targets.iter().filter(|t| t.priority == priority).collect();
+    let max = chosen.iter().map(|t| u32::from(t.weight)).max().unwrap_or(0);
+    let limit = crate::MAX_WEIGHT;
+    let weight = |w: u16| -> u32 {
+        let w = u32::from(w);
+        let scaled = if max > limit { (u64::from(w) * u64::from(limit) / u64::from(max)) as u32 } else { w };
+        scaled.clamp(1, limit)
+    };
+    let mut out: Vec<Discovered> = chosen
+        .iter()
+        .flat_map(|t| {
+            t.addresses.iter().filter_map(move |ip| {
+                let endpoint = Endpoint::from_socket_addr(scheme, SocketAddr::new(*ip, t.port)).ok()?;
+                Some(Discovered { endpoint, weight: Some(weight(t.weight)), metadata: None })
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.endpoint.address().cmp(b.endpoint.address()));
+    out.dedup_by(|a, b| a.endpoint == b.endpoint);
+    out
 }
 
 impl Discover for DnsDiscovery {
@@ -151,44 +219,93 @@ fn backoff(retry: &mut Duration, max: Duration) -> Duration {
     now
 }
 
+/// An answer: the endpoints, and until when they are valid.
+type Answer = (Vec<Discovered>, std::time::Instant);
+
+async fn lookup_addresses(resolver: &TokioResolver, host: &str) -> Result<(Vec<IpAddr>, std::time::Instant), String> {
+    let lookup = resolver.lookup_ip(host).await.map_err(|e| e.to_string())?;
+    Ok((lookup.iter().collect(), lookup.valid_until()))
+}
+
+async fn lookup(resolver: &TokioResolver, query: &DnsQuery, scheme: Scheme) -> Result<Answer, String> {
+    match query {
+        DnsQuery::Address { host, port } => {
+            let (addresses, valid_until) = lookup_addresses(resolver, host).await?;
+            let mut endpoints: Vec<Discovered> = addresses
+                .into_iter()
+                .filter_map(|ip| Endpoint::from_socket_addr(scheme, SocketAddr::new(ip, *port)).ok())
+                .map(Discovered::from)
+                .collect();
+            endpoints.sort_by(|a, b| a.endpoint.address().cmp(b.endpoint.address()));
+            endpoints.dedup();
+            Ok((endpoints, valid_until))
+        }
+        DnsQuery::Srv { name } => {
+            let srv = resolver.srv_lookup(name.as_str()).await.map_err(|e| e.to_string())?;
+            let mut valid_until = srv.as_lookup().valid_until();
+            let mut targets = Vec::new();
+            for record in srv.iter() {
+                let target = record.target();
+                if target.is_root() {
+                    continue; // "." : the service is decidedly not available there
+                }
+                let host = target.to_ascii();
+                let addresses = match lookup_addresses(resolver, &host).await {
+                    Ok((addresses, until)) => {
+                        valid_until = valid_until.min(until);
+                        addresses
+                    }
+                    Err(e) => {
+                        tracing::warn!(srv = %name, target = %host, error = %e, "SRV target does not resolve");
+                        Vec::new()
+                    }
+                };
+                targets.push(SrvTarget {
+                    priority: record.priority(),
+                    weight: record.weight(),
+                    port: record.port(),
+                    addresses,
+                });
+            }
+            Ok((srv_endpoints(&targets, scheme), valid_until))
+        }
+    }
+}
+
 async fn resolve_loop(
     resolver: TokioResolver,
-    host: String,
-    port: u16,
+    query: DnsQuery,
     scheme: Scheme,
     options: DnsOptions,
     tx: watch::Sender<Option<EndpointSet>>,
 ) {
+    let name = match &query {
+        DnsQuery::Address { host, .. } => host.clone(),
+        DnsQuery::Srv { name } => format!("srv://{name}"),
+    };
     let mut retry = options.min_ttl;
     loop {
-        let wait = match resolver.lookup_ip(host.as_str()).await {
-            Ok(lookup) => {
-                let mut endpoints: Vec<Endpoint> = lookup
-                    .iter()
-                    .filter_map(|ip| Endpoint::from_socket_addr(scheme, SocketAddr::new(ip, port)).ok())
-                    .collect();
-                endpoints.sort_by(|a, b| a.address().cmp(b.address()));
-                endpoints.dedup();
-                if endpoints.is_empty() {
-                    tracing::warn!(%host, "DNS answer has no address; keeping the last good answer");
-                    backoff(&mut retry, options.max_retry)
-                } else {
-                    retry = options.min_ttl;
-                    let set: EndpointSet = endpoints.into_iter().map(Discovered::from).collect();
-                    tx.send_if_modified(|current| {
-                        let changed = current.as_deref() != Some(&*set);
-                        if changed {
-                            tracing::info!(%host, addresses = set.len(), "DNS endpoints changed");
-                            *current = Some(set);
-                        }
-                        changed
-                    });
-                    let ttl = lookup.valid_until().saturating_duration_since(std::time::Instant::now());
-                    ttl.clamp(options.min_ttl, options.max_ttl.max(options.min_ttl))
-                }
+        let wait = match lookup(&resolver, &query, scheme).await {
+            Ok((endpoints, _)) if endpoints.is_empty() => {
+                tracing::warn!(host = %name, "DNS answer has no address; keeping the last good answer");
+                backoff(&mut retry, options.max_retry)
+            }
+            Ok((endpoints, valid_until)) => {
+                retry = options.min_ttl;
+                let set: EndpointSet = Arc::from(endpoints);
+                tx.send_if_modified(|current| {
+                    let changed = current.as_deref() != Some(&*set);
+                    if changed {
+                        tracing::info!(host = %name, addresses = set.len(), "DNS endpoints changed");
+                        *current = Some(set);
+                    }
+                    changed
+                });
+                let ttl = valid_until.saturating_duration_since(std::time::Instant::now());
+                ttl.clamp(options.min_ttl, options.max_ttl.max(options.min_ttl))
             }
             Err(e) => {
-                tracing::warn!(%host, error = %e, "DNS lookup failed; keeping the last good answer");
+                tracing::warn!(host = %name, error = %e, "DNS lookup failed; keeping the last good answer");
                 backoff(&mut retry, options.max_retry)
             }
         };

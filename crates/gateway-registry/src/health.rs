@@ -3,10 +3,10 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::USER_AGENT;
-use http::{Request, Uri};
-use http_body_util::Empty;
+use bytes::{Buf, Bytes};
+use http::header::{CONTENT_TYPE, TE, USER_AGENT};
+use http::{HeaderMap, Request, Uri};
+use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -22,8 +22,11 @@ use crate::Scheme;
 /// `health_check = { ... }` of a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheckOptions {
-    /// `http` (GET `path`, any 2xx passes) or `grpc` (see [`crate`] docs: a TCP connect check for now).
+    /// `http` (GET `path`, any 2xx passes) or `grpc` (`grpc.health.v1.Health/Check`
+    /// over HTTP/2 without TLS; `SERVING` passes).
     pub kind: HealthCheckKind,
+    /// The service name a `grpc` check asks about (`""`: the server as a whole).
+    pub grpc_service: String,
     /// The path (and query) to GET, starting with `/`.
     pub path: String,
     /// Time between rounds, varied by ±10 % so a fleet does not probe in lockstep.
@@ -40,6 +43,7 @@ impl From<&gateway_config::HealthCheck> for HealthCheckOptions {
     fn from(h: &gateway_config::HealthCheck) -> Self {
         HealthCheckOptions {
             kind: h.kind,
+            grpc_service: h.service.clone().unwrap_or_default(),
             path: h.path.clone(),
             interval: h.interval.0,
             timeout: h.timeout.0,
@@ -50,12 +54,23 @@ impl From<&gateway_config::HealthCheck> for HealthCheckOptions {
 }
 
 type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
+type GrpcClient = Client<HttpConnector, Full<Bytes>>;
+
+/// The path of the standard gRPC health check.
+const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+/// `HealthCheckResponse.ServingStatus.SERVING`.
+const SERVING: u64 = 1;
+/// The largest health check answer read.
+const MAX_GRPC_ANSWER: usize = 16 * 1024;
 
 /// The clients and settings of one service's probes.
 #[derive(Clone)]
 struct Prober {
     http1: ProbeClient,
     h2c: ProbeClient,
+    grpc: GrpcClient,
+    /// The framed `HealthCheckRequest` every gRPC probe sends.
+    grpc_request: Bytes,
     options: Arc<HealthCheckOptions>,
 }
 
@@ -66,8 +81,11 @@ impl Prober {
         connector.set_nodelay(true);
         // No pooling: every probe proves that a new connection can be made.
         let http1 = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector.clone());
-        let h2c = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).http2_only(true).build(connector);
-        Prober { http1, h2c, options: Arc::new(options) }
+        let h2c =
+            Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).http2_only(true).build(connector.clone());
+        let grpc = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).http2_only(true).build(connector);
+        let grpc_request = grpc_health_request(&options.grpc_service);
+        Prober { http1, h2c, grpc, grpc_request, options: Arc::new(options) }
     }
 
     /// `Ok` when the endpoint passes.
@@ -76,7 +94,8 @@ impl Prober {
             match (self.options.kind, endpoint.scheme()) {
                 (HealthCheckKind::Http, Scheme::Http) => self.get(&self.http1, endpoint).await,
                 (HealthCheckKind::Http, Scheme::H2c) => self.get(&self.h2c, endpoint).await,
-                // https (TLS settings live in the proxy crate) and grpc: can we connect?
+                (HealthCheckKind::Grpc, Scheme::H2c | Scheme::Http) => self.grpc_check(endpoint).await,
+                // https (TLS settings live in the proxy crate): can we connect?
                 _ => tokio::net::TcpStream::connect(endpoint.address())
                     .await
                     .map(drop)
@@ -101,6 +120,131 @@ impl Prober {
         } else {
             Err(format!("status {}", response.status().as_u16()))
         }
+    }
+}
+
+impl Prober {
+    /// `grpc.health.v1.Health/Check` over HTTP/2 with prior knowledge (h2c).
+    async fn grpc_check(&self, endpoint: &EndpointState) -> Result<(), String> {
+        let uri: Uri =
+            format!("http://{}{GRPC_HEALTH_CHECK}", endpoint.address()).parse().map_err(|e| format!("{e}"))?;
+        let request = Request::post(uri)
+            .header(CONTENT_TYPE, "application/grpc")
+            .header(TE, "trailers")
+            .header(USER_AGENT, "gateway-health-check")
+            .body(Full::new(self.grpc_request.clone()))
+            .map_err(|e| e.to_string())?;
+        let response = self.grpc.request(request).await.map_err(|e| format!("{e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("status {}", response.status().as_u16()));
+        }
+        let (head, body) = response.into_parts();
+        // A trailers-only answer carries grpc-status in the head.
+        grpc_status_ok(&head.headers)?;
+        let collected = Limited::new(body, MAX_GRPC_ANSWER).collect().await.map_err(|e| format!("body: {e}"))?;
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        grpc_status_ok(&trailers)?;
+        if !head.headers.contains_key("grpc-status") && !trailers.contains_key("grpc-status") {
+            return Err("no grpc-status".into());
+        }
+        match grpc_serving_status(collected.to_bytes())? {
+            SERVING => Ok(()),
+            status => Err(format!("serving status {status} ({})", serving_status_name(status))),
+        }
+    }
+}
+
+/// `Err` when `headers` carry a `grpc-status` other than 0 (OK).
+fn grpc_status_ok(headers: &HeaderMap) -> Result<(), String> {
+    match headers.get("grpc-status").map(|v| v.as_bytes()) {
+        None | Some(b"0") => Ok(()),
+        Some(code) => {
+            let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or("");
+            Err(format!("grpc-status {} {message}", String::from_utf8_lossy(code)))
+        }
+    }
+}
+
+/// A length-prefixed gRPC message holding `HealthCheckRequest { service = 1 }`.
+pub(crate) fn grpc_health_request(service: &str) -> Bytes {
+    let mut message = Vec::with_capacity(service.len() + 8);
+    if !service.is_empty() {
+        message.push(0x0a); // field 1, length-delimited
+        put_varint(&mut message, service.len() as u64);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut framed = Vec::with_capacity(message.len() + 5);
+    framed.push(0); // not compressed
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    Bytes::from(framed)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn get_varint(buf: &mut Bytes) -> Result<u64, String> {
+    let mut n = 0u64;
+    for shift in (0..64).step_by(7) {
+        if !buf.has_remaining() {
+            return Err("truncated varint".into());
+        }
+        let b = buf.get_u8();
+        n |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(n);
+        }
+    }
+    Err("varint too long".into())
+}
+
+/// The `status` (field 1) of the one `HealthCheckResponse` in a gRPC body; 0
+/// (UNKNOWN) when the field is absent, as protobuf says.
+pub(crate) fn grpc_serving_status(mut body: Bytes) -> Result<u64, String> {
+    if body.len() < 5 {
+        return Err("no health check answer".into());
+    }
+    if body.get_u8() != 0 {
+        return Err("compressed answer".into());
+    }
+    let len = body.get_u32() as usize;
+    if body.len() < len {
+        return Err("truncated answer".into());
+    }
+    let mut message = body.split_to(len);
+    let mut status = 0;
+    while message.has_remaining() {
+        let key = get_varint(&mut message)?;
+        match (key >> 3, key & 7) {
+            (1, 0) => status = get_varint(&mut message)?,
+            (_, 0) => drop(get_varint(&mut message)?),
+            (_, 1) if message.remaining() >= 8 => message.advance(8),
+            (_, 5) if message.remaining() >= 4 => message.advance(4),
+            (_, 2) => {
+                let n = get_varint(&mut message)? as usize;
+                if message.remaining() < n {
+                    return Err("truncated field".into());
+                }
+                message.advance(n);
+            }
+            _ => return Err("malformed answer".into()),
+        }
+    }
+    Ok(status)
+}
+
+fn serving_status_name(status: u64) -> &'static str {
+    match status {
+        0 => "UNKNOWN",
+        1 => "SERVING",
+        2 => "NOT_SERVING",
+        3 => "SERVICE_UNKNOWN",
+        _ => "unrecognised",
     }
 }
 

@@ -8,8 +8,14 @@
 //!   header, cookie or the client IP), passive health (outlier ejection on connect
 //!   failures, [`PassiveHealth`]) and active health checks ([`HealthCheckOptions`]).
 //!   The proxy never waits on discovery: a pick loads the snapshot and chooses.
-//! - Sources ([`Source`], [`Discover`]): static lists, DNS A/AAAA ([`DnsDiscovery`]),
-//!   and the registry ([`MemoryRegistry`]) that instances join through [`registry_api`].
+//! - Sources ([`Source`], [`Discover`]): static lists, DNS A/AAAA and SRV
+//!   ([`DnsDiscovery`], [`DnsQuery`], [`srv_endpoints`]), and the registry
+//!   ([`MemoryRegistry`]) that instances join through [`registry_api`].
+//! - Stores ([`Registry`]): `memory` ([`MemoryRegistry`], this gateway alone) or `etcd`
+//!   ([`EtcdRegistry`]: keys bound to leases of `registry.ttl`, mirrored into a local
+//!   [`MemoryRegistry`] by a watch on the prefix, so every gateway sharing it serves every
+//!   instance; while etcd is unreachable the mirror keeps the last known instances and
+//!   [`Registry::status`] says degraded).
 //!
 //! Endpoints start healthy: an endpoint serves until active checks prove it bad
 //! (`unhealthy_threshold` failures in a row) and comes back after `healthy_threshold`
@@ -20,9 +26,11 @@
 //! Endpoints registered in the registry are `http` unless their metadata says
 //! `"scheme": "https"` or `"h2c"`; `"weight"` (1-1000) weights them.
 //!
-//! Not here yet: the etcd store; DNS SRV records; gRPC health checks (`kind = "grpc"`
-//! and `https` endpoints are checked by a TCP connect, since TLS settings live in the
-//! proxy crate).
+//! Active checks of `kind = "grpc"` call `grpc.health.v1.Health/Check` over h2c and pass
+//! on `SERVING`.
+//!
+//! Not here yet: health checks of `https` endpoints are a TCP connect (TLS settings live
+//! in the proxy crate); TLS and authentication to etcd.
 //!
 //! ```
 //! use gateway_registry::{Endpoint, Outcome, Pick, PickContext, ServiceEndpoints};
@@ -49,21 +57,28 @@ mod api;
 mod balance;
 mod discover;
 mod endpoint;
+mod etcd;
 mod health;
 mod registry;
 mod service;
 mod state;
+mod store;
 #[cfg(test)]
 mod tests;
 mod util;
 
 pub use api::{registry_api, MAX_REGISTRATION_BYTES};
 pub use balance::{Balancer, HashOn, Pick, PickContext, VIRTUAL_NODES};
-pub use discover::{Discover, Discovered, DiscoveryError, DnsDiscovery, DnsOptions, EndpointSet, StaticDiscovery};
+pub use discover::{
+    srv_endpoints, Discover, Discovered, DiscoveryError, DnsDiscovery, DnsOptions, DnsQuery, EndpointSet, SrvTarget,
+    StaticDiscovery,
+};
 pub use endpoint::{Endpoint, EndpointError, Scheme};
+pub use etcd::{EtcdOptions, EtcdRegistry};
 pub use health::{HealthCheckKind, HealthCheckOptions};
 pub use registry::{
     valid_name, InstanceView, MemoryRegistry, Registered, RegistryDiscovery, RegistryError, ServiceSummary, MAX_WEIGHT,
 };
 pub use service::{BuildError, EndpointCounts, ServiceEndpoints, ServiceOptions, Source};
 pub use state::{EndpointState, Metadata, Outcome, PassiveHealth, Picked};
+pub use store::{Registry, StoreStatus};

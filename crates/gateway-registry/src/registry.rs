@@ -32,6 +32,9 @@ pub enum RegistryError {
     /// A `scheme` or `weight` in the metadata that makes no sense.
     #[error("{0}")]
     InvalidMetadata(String),
+    /// The shared store (etcd) could not be reached; nothing changed, or not for sure.
+    #[error("the registry store is unavailable: {0}")]
+    Unavailable(String),
     /// No such instance (never registered, deregistered, or expired).
     #[error("instance `{id}` of service `{service}` is not registered")]
     NotFound {
@@ -54,6 +57,54 @@ fn check_name(what: &str, name: &str) -> Result<(), RegistryError> {
     } else {
         Err(RegistryError::InvalidName(format!("{what} `{name}` must be 1-128 characters of A-Z a-z 0-9 . _ -")))
     }
+}
+
+/// Check a service name and an instance id.
+pub(crate) fn check_names(service: &str, id: &str) -> Result<(), RegistryError> {
+    check_name("service", service)?;
+    check_name("instance id", id)
+}
+
+/// Check a registration: names, address, and the `scheme` and `weight` the metadata
+/// may carry; the endpoint and weight it asks for.
+pub(crate) fn check_registration(
+    service: &str,
+    id: &str,
+    address: &str,
+    metadata: &Metadata,
+) -> Result<(Endpoint, Option<u32>), RegistryError> {
+    check_names(service, id)?;
+    let scheme = match metadata.get("scheme") {
+        None => Scheme::Http,
+        Some(Value::String(s)) if s == "http" => Scheme::Http,
+        Some(Value::String(s)) if s == "https" => Scheme::Https,
+        Some(Value::String(s)) if s == "h2c" => Scheme::H2c,
+        Some(other) => {
+            return Err(RegistryError::InvalidMetadata(format!(
+                "metadata.scheme {other} must be \"http\", \"https\" or \"h2c\""
+            )))
+        }
+    };
+    let weight = match metadata.get("weight") {
+        None => None,
+        Some(w) => {
+            let n = match w {
+                Value::Number(n) => n.as_u64(),
+                Value::String(s) if s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
+                _ => None,
+            };
+            match n {
+                Some(n @ 1..=1000) => Some(n as u32),
+                _ => {
+                    return Err(RegistryError::InvalidMetadata(format!(
+                        "metadata.weight {w} must be a whole number from 1 to {MAX_WEIGHT}"
+                    )))
+                }
+            }
+        }
+    };
+    let endpoint = Endpoint::from_address(scheme, address).map_err(|e| RegistryError::InvalidAddress(e.to_string()))?;
+    Ok((endpoint, weight))
 }
 
 /// One instance as the API shows it.
@@ -98,14 +149,21 @@ pub enum Registered {
     Renewed(InstanceView),
 }
 
-struct Instance {
-    endpoint: Endpoint,
-    weight: Option<u32>,
-    metadata: Arc<Metadata>,
-    registered_at: SystemTime,
-    last_heartbeat: SystemTime,
+pub(crate) struct Instance {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) weight: Option<u32>,
+    pub(crate) metadata: Arc<Metadata>,
+    pub(crate) registered_at: SystemTime,
+    pub(crate) last_heartbeat: SystemTime,
     /// When it last registered or heartbeat (the TTL runs from here).
-    seen: Instant,
+    pub(crate) seen: Instant,
+}
+
+impl Instance {
+    /// Same address, weight and metadata: the endpoint set does not change.
+    fn same_endpoint(&self, other: &Instance) -> bool {
+        self.endpoint == other.endpoint && self.weight == other.weight && self.metadata == other.metadata
+    }
 }
 
 struct ServiceEntry {
@@ -169,6 +227,9 @@ impl ServiceEntry {
 /// within that time; expired instances are also never shown or renewed.
 pub struct MemoryRegistry {
     ttl_ms: AtomicU64,
+    /// `false` for the mirror of a shared store: the store expires instances (etcd
+    /// leases), and while it is unreachable the last known instances stay.
+    expires: bool,
     services: Mutex<BTreeMap<String, ServiceEntry>>,
     sweeper: Option<AbortHandle>,
 }
@@ -176,8 +237,19 @@ pub struct MemoryRegistry {
 impl MemoryRegistry {
     /// A store whose instances expire after `ttl` (`registry.ttl`).
     pub fn new(ttl: Duration) -> Arc<Self> {
+        Self::build(ttl, true)
+    }
+
+    /// The local copy of a shared store: instances go only when the store says so
+    /// ([`MemoryRegistry::apply`], [`MemoryRegistry::remove`], [`MemoryRegistry::replace`]).
+    pub(crate) fn mirror(ttl: Duration) -> Arc<Self> {
+        Self::build(ttl, false)
+    }
+
+    fn build(ttl: Duration, expires: bool) -> Arc<Self> {
         Arc::new_cyclic(|weak: &Weak<MemoryRegistry>| {
             let sweeper = match tokio::runtime::Handle::try_current() {
+                Ok(_) if !expires => None,
                 Ok(rt) => Some(rt.spawn(sweep_loop(weak.clone())).abort_handle()),
                 Err(_) => {
                     tracing::warn!("registry built outside a tokio runtime: expired instances go only when touched");
@@ -186,6 +258,7 @@ impl MemoryRegistry {
             };
             MemoryRegistry {
                 ttl_ms: AtomicU64::new(ttl.as_millis().max(1) as u64),
+                expires,
                 services: Mutex::new(BTreeMap::new()),
                 sweeper,
             }
@@ -207,7 +280,7 @@ impl MemoryRegistry {
     }
 
     fn expired(&self, instance: &Instance, now: Instant) -> bool {
-        now.saturating_duration_since(instance.seen) > self.ttl()
+        self.expires && now.saturating_duration_since(instance.seen) > self.ttl()
     }
 
     /// Register instance `id` of `service` at `address` (`host:port`), or renew it.
@@ -221,39 +294,7 @@ impl MemoryRegistry {
         address: &str,
         metadata: Metadata,
     ) -> Result<Registered, RegistryError> {
-        check_name("service", service)?;
-        check_name("instance id", id)?;
-        let scheme = match metadata.get("scheme") {
-            None => Scheme::Http,
-            Some(Value::String(s)) if s == "http" => Scheme::Http,
-            Some(Value::String(s)) if s == "https" => Scheme::Https,
-            Some(Value::String(s)) if s == "h2c" => Scheme::H2c,
-            Some(other) => {
-                return Err(RegistryError::InvalidMetadata(format!(
-                    "metadata.scheme {other} must be \"http\", \"https\" or \"h2c\""
-                )))
-            }
-        };
-        let weight = match metadata.get("weight") {
-            None => None,
-            Some(w) => {
-                let n = match w {
-                    Value::Number(n) => n.as_u64(),
-                    Value::String(s) if s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
-                    _ => None,
-                };
-                match n {
-                    Some(n @ 1..=1000) => Some(n as u32),
-                    _ => {
-                        return Err(RegistryError::InvalidMetadata(format!(
-                            "metadata.weight {w} must be a whole number from 1 to {MAX_WEIGHT}"
-                        )))
-                    }
-                }
-            }
-        };
-        let endpoint =
-            Endpoint::from_address(scheme, address).map_err(|e| RegistryError::InvalidAddress(e.to_string()))?;
+        let (endpoint, weight) = check_registration(service, id, address, &metadata)?;
         let now = Instant::now();
         let wall = SystemTime::now();
         let ttl = self.ttl();
@@ -290,8 +331,7 @@ impl MemoryRegistry {
 
     /// Renew the TTL of a registered instance.
     pub fn heartbeat(&self, service: &str, id: &str) -> Result<InstanceView, RegistryError> {
-        check_name("service", service)?;
-        check_name("instance id", id)?;
+        check_names(service, id)?;
         let now = Instant::now();
         let ttl = self.ttl();
         let mut services = self.lock();
@@ -316,8 +356,7 @@ impl MemoryRegistry {
 
     /// Remove an instance; `true` if it was registered (and not yet expired).
     pub fn deregister(&self, service: &str, id: &str) -> Result<bool, RegistryError> {
-        check_name("service", service)?;
-        check_name("instance id", id)?;
+        check_names(service, id)?;
         let now = Instant::now();
         let mut services = self.lock();
         let Some(entry) = services.get_mut(service) else { return Ok(false) };
@@ -381,7 +420,7 @@ impl MemoryRegistry {
         for (name, entry) in services.iter_mut() {
             let before = entry.instances.len();
             entry.instances.retain(|id, i| {
-                let keep = now.saturating_duration_since(i.seen) <= ttl;
+                let keep = !self.expires || now.saturating_duration_since(i.seen) <= ttl;
                 if !keep {
                     tracing::info!(service = %name, id = %id, "instance expired");
                 }
@@ -395,6 +434,48 @@ impl MemoryRegistry {
         }
         services.retain(|_, entry| !entry.is_idle());
         removed
+    }
+
+    /// Mirror: the store has `instance` as `id` of `service` (new, renewed or changed).
+    pub(crate) fn apply(&self, service: &str, id: &str, instance: Instance) {
+        let mut services = self.lock();
+        let entry = services.entry(service.to_owned()).or_insert_with(ServiceEntry::new);
+        let changed = entry.instances.get(id).is_none_or(|old| !old.same_endpoint(&instance));
+        entry.instances.insert(id.to_owned(), instance);
+        if changed {
+            entry.publish();
+        }
+    }
+
+    /// Mirror: the store no longer has `id` of `service`.
+    pub(crate) fn remove(&self, service: &str, id: &str) {
+        let mut services = self.lock();
+        if let Some(entry) = services.get_mut(service) {
+            if entry.instances.remove(id).is_some() {
+                entry.publish();
+            }
+        }
+    }
+
+    /// Mirror: the store's complete content (after connecting or reconnecting), by
+    /// service and id; services whose instances did not change publish nothing.
+    pub(crate) fn replace(&self, mut all: BTreeMap<String, BTreeMap<String, Instance>>) {
+        let mut services = self.lock();
+        for (name, entry) in services.iter_mut() {
+            let next = all.remove(name).unwrap_or_default();
+            let same = next.len() == entry.instances.len()
+                && next.iter().zip(&entry.instances).all(|((a, x), (b, y))| a == b && x.same_endpoint(y));
+            entry.instances = next;
+            if !same {
+                entry.publish();
+            }
+        }
+        for (name, instances) in all {
+            let entry = services.entry(name).or_insert_with(ServiceEntry::new);
+            entry.instances = instances;
+            entry.publish();
+        }
+        services.retain(|_, entry| !entry.is_idle());
     }
 
     /// A discovery source following `service`'s instances.

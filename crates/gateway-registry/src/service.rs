@@ -11,7 +11,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::balance::{request_key, Attempt, Balancer, Pick, PickContext, Snapshot};
-use crate::discover::{Discover, Discovered, DiscoveryError, DnsDiscovery, DnsOptions, EndpointSet};
+use crate::discover::{Discover, Discovered, DiscoveryError, DnsDiscovery, DnsOptions, DnsQuery, EndpointSet};
 use crate::health::{self, HealthCheckOptions};
 use crate::registry::MemoryRegistry;
 use crate::state::{EndpointState, Outcome, PassiveHealth};
@@ -50,12 +50,11 @@ impl ServiceOptions {
 pub enum Source {
     /// A fixed list (`discovery = "static"`).
     Static(Vec<Discovered>),
-    /// `discovery = "dns"`: A/AAAA records of `host`, each as `scheme://address:port`.
+    /// `discovery = "dns"`: A/AAAA records of a host, or SRV records of a name, each
+    /// address as `scheme://address:port`.
     Dns {
-        /// The name to resolve.
-        host: String,
-        /// The port every address gets.
-        port: u16,
+        /// What to resolve.
+        query: DnsQuery,
         /// The scheme every address gets.
         scheme: Scheme,
         /// TTL clamping and retry.
@@ -77,7 +76,8 @@ impl Source {
     ///
     /// DNS-discovered endpoints use the scheme of the service's first `endpoints`
     /// entry if it lists one (`endpoints = ["h2c://grpc.internal:50051"]` with
-    /// `dns = "grpc.internal:50051"`), else `https` for port 443 and `http` otherwise.
+    /// `dns = "grpc.internal:50051"`), else `https` for port 443 and `http` otherwise
+    /// (`http` for `dns = "srv://NAME"`, whose ports come from the records).
     pub fn from_config(
         name: &str,
         definition: &gateway_config::Service,
@@ -98,17 +98,25 @@ impl Source {
             Discovery::Dns => {
                 let dns =
                     definition.dns.as_deref().ok_or_else(|| BuildError::Config("dns discovery needs dns".into()))?;
-                let (host, port) = dns
-                    .rsplit_once(':')
-                    .and_then(|(h, p)| Some((h.trim_start_matches('[').trim_end_matches(']'), p.parse::<u16>().ok()?)))
-                    .filter(|(h, p)| !h.is_empty() && *p > 0)
-                    .ok_or_else(|| BuildError::Config(format!("dns = \"{dns}\" must be host:port")))?;
-                let scheme = match listed()?.first() {
-                    Some(d) => d.endpoint.scheme(),
-                    None if port == 443 => Scheme::Https,
-                    None => Scheme::Http,
+                let query = match dns.strip_prefix("srv://") {
+                    Some(name) => DnsQuery::Srv { name: name.to_owned() },
+                    None => {
+                        let (host, port) = dns
+                            .rsplit_once(':')
+                            .and_then(|(h, p)| {
+                                Some((h.trim_start_matches('[').trim_end_matches(']'), p.parse::<u16>().ok()?))
+                            })
+                            .filter(|(h, p)| !h.is_empty() && *p > 0)
+                            .ok_or_else(|| BuildError::Config(format!("dns = \"{dns}\" must be host:port")))?;
+                        DnsQuery::Address { host: host.to_owned(), port }
+                    }
                 };
-                Source::Dns { host: host.to_owned(), port, scheme, options: DnsOptions::default() }
+                let scheme = match (listed()?.first(), &query) {
+                    (Some(d), _) => d.endpoint.scheme(),
+                    (None, DnsQuery::Address { port: 443, .. }) => Scheme::Https,
+                    (None, _) => Scheme::Http,
+                };
+                Source::Dns { query, scheme, options: DnsOptions::default() }
             }
         })
     }
@@ -255,8 +263,8 @@ impl ServiceEndpoints {
                 shared.publish(&list);
                 None
             }
-            Source::Dns { host, port, scheme, options } => {
-                Some(Box::new(DnsDiscovery::spawn(&host, port, scheme, options)?))
+            Source::Dns { query, scheme, options } => {
+                Some(Box::new(DnsDiscovery::spawn_query(query, scheme, options)?))
             }
             Source::Registry { registry, service } => {
                 registry.attach(&service, Arc::downgrade(&shared));

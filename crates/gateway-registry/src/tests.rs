@@ -488,3 +488,93 @@ fn shared_types_cross_threads() {
     send_sync::<Picked>();
     send_sync::<EndpointState>();
 }
+
+fn srv(priority: u16, weight: u16, port: u16, addresses: &[&str]) -> SrvTarget {
+    SrvTarget { priority, weight, port, addresses: addresses.iter().map(|a| a.parse::<IpAddr>().unwrap()).collect() }
+}
+
+fn mapped(targets: &[SrvTarget]) -> Vec<(String, Option<u32>)> {
+    srv_endpoints(targets, Scheme::Http).into_iter().map(|d| (d.endpoint.address().to_owned(), d.weight)).collect()
+}
+
+#[test]
+fn srv_records_map_to_endpoints_with_their_ports_and_weights() {
+    let targets = [
+        srv(10, 60, 8081, &["10.0.0.1"]),
+        srv(10, 20, 8082, &["10.0.0.2", "fd00::2"]),
+        srv(20, 100, 9000, &["10.0.0.9"]), // a backup: lower priority wins
+    ];
+    assert_eq!(
+        mapped(&targets),
+        [
+            ("10.0.0.1:8081".to_owned(), Some(60)),
+            ("10.0.0.2:8082".to_owned(), Some(20)),
+            ("[fd00::2]:8082".to_owned(), Some(20)),
+        ]
+    );
+}
+
+#[test]
+fn srv_backups_serve_only_when_no_preferred_target_resolves() {
+    let targets = [srv(0, 5, 8080, &[]), srv(1, 5, 8080, &["10.0.0.3"]), srv(2, 5, 8080, &["10.0.0.4"])];
+    assert_eq!(mapped(&targets), [("10.0.0.3:8080".to_owned(), Some(5))]);
+    assert_eq!(mapped(&[srv(0, 5, 8080, &[])]), []);
+    assert_eq!(mapped(&[]), []);
+}
+
+#[test]
+fn srv_weights_are_scaled_into_the_balancer_range() {
+    // 0 ("rarely") becomes 1; weights over MAX_WEIGHT keep their proportions.
+    let targets = [srv(0, 0, 80, &["10.0.0.1"]), srv(0, 65535, 80, &["10.0.0.2"]), srv(0, 32768, 80, &["10.0.0.3"])];
+    assert_eq!(
+        mapped(&targets),
+        [
+            ("10.0.0.1:80".to_owned(), Some(1)),
+            ("10.0.0.2:80".to_owned(), Some(MAX_WEIGHT)),
+            ("10.0.0.3:80".to_owned(), Some(500)),
+        ]
+    );
+    // The same address in two records is one endpoint.
+    let twice = [srv(0, 1, 80, &["10.0.0.1"]), srv(0, 1, 80, &["10.0.0.1"])];
+    assert_eq!(mapped(&twice).len(), 1);
+}
+
+#[test]
+fn srv_weights_feed_weighted_round_robin() {
+    let service = ServiceEndpoints::new(
+        "srv",
+        ServiceOptions::default(),
+        Source::Static(srv_endpoints(&[srv(0, 3, 80, &["10.0.0.1"]), srv(0, 1, 80, &["10.0.0.2"])], Scheme::Http)),
+    )
+    .unwrap();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..400 {
+        let pick = service.pick(&PickContext::default(), &yes).picked().unwrap();
+        *counts.entry(pick.address().to_owned()).or_default() += 1;
+    }
+    assert_eq!(counts["10.0.0.1:80"], 300);
+    assert_eq!(counts["10.0.0.2:80"], 100);
+}
+
+#[test]
+fn grpc_health_messages_encode_and_decode() {
+    use crate::health::{grpc_health_request, grpc_serving_status};
+    use bytes::Bytes;
+    // HealthCheckRequest{} and HealthCheckRequest{service: "users.v1.Users"}, length-prefixed.
+    assert_eq!(&grpc_health_request("")[..], &[0, 0, 0, 0, 0]);
+    let named = grpc_health_request("users.v1.Users");
+    assert_eq!(&named[..7], &[0, 0, 0, 0, 16, 0x0a, 14]);
+    assert_eq!(&named[7..], b"users.v1.Users");
+    // HealthCheckResponse{status: SERVING}, {status: NOT_SERVING}, {} (UNKNOWN).
+    assert_eq!(grpc_serving_status(Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 1])), Ok(1));
+    assert_eq!(grpc_serving_status(Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 2])), Ok(2));
+    assert_eq!(grpc_serving_status(Bytes::from_static(&[0, 0, 0, 0, 0])), Ok(0));
+    // Unknown fields are skipped; the last status wins.
+    let extra = [0, 0, 0, 0, 9, 0x12, 3, b'a', b'b', b'c', 0x08, 2, 0x08, 1];
+    assert_eq!(grpc_serving_status(Bytes::copy_from_slice(&extra)), Ok(1));
+    // Empty, compressed, truncated.
+    assert!(grpc_serving_status(Bytes::new()).is_err());
+    assert!(grpc_serving_status(Bytes::from_static(&[1, 0, 0, 0, 2, 0x08, 1])).is_err());
+    assert!(grpc_serving_status(Bytes::from_static(&[0, 0, 0, 0, 3, 0x08, 1])).is_err());
+    assert!(grpc_serving_status(Bytes::from_static(&[0, 0, 0, 0, 1, 0x08])).is_err());
+}

@@ -19,7 +19,11 @@ async fn localhost_resolves_to_loopback_endpoints() {
     let service = ServiceEndpoints::new(
         "local",
         ServiceOptions::default(),
-        Source::Dns { host: "localhost".into(), port: 8080, scheme: Scheme::Http, options: DnsOptions::default() },
+        Source::Dns {
+            query: DnsQuery::Address { host: "localhost".into(), port: 8080 },
+            scheme: Scheme::Http,
+            options: DnsOptions::default(),
+        },
     )
     .unwrap();
     timeout(Duration::from_secs(10), service.discovered()).await.expect("localhost resolves");
@@ -67,7 +71,11 @@ async fn dns_services_from_config_take_the_listed_scheme() {
     let rebuilt = ServiceEndpoints::new(
         "literal",
         ServiceOptions { balancer: Balancer::Random, ..ServiceOptions::default() },
-        Source::Dns { host: "127.0.0.1".into(), port: 9000, scheme: Scheme::Http, options: DnsOptions::default() },
+        Source::Dns {
+            query: DnsQuery::Address { host: "127.0.0.1".into(), port: 9000 },
+            scheme: Scheme::Http,
+            options: DnsOptions::default(),
+        },
     )
     .unwrap();
     rebuilt.inherit(&literal);
@@ -81,7 +89,11 @@ fn dynamic_sources_need_a_runtime() {
     let built = ServiceEndpoints::new(
         "x",
         ServiceOptions::default(),
-        Source::Dns { host: "localhost".into(), port: 80, scheme: Scheme::Http, options: DnsOptions::default() },
+        Source::Dns {
+            query: DnsQuery::Address { host: "localhost".into(), port: 80 },
+            scheme: Scheme::Http,
+            options: DnsOptions::default(),
+        },
     );
     assert!(matches!(built, Err(BuildError::NoRuntime)));
 }

@@ -172,6 +172,10 @@ impl AdminSource for AdminView {
         })
     }
 
+    fn readiness(&self) -> Value {
+        json!({ "registry": self.shared.registry.status() })
+    }
+
     fn extra_metrics(&self) -> String {
         use std::fmt::Write as _;
         let runtime = self.shared.runtime.load();
@@ -218,6 +222,10 @@ impl AdminSource for AdminView {
                 let _ = writeln!(out, "gateway_broker_publish_total{{broker=\"{name}\",outcome=\"{outcome}\"}} {n}");
             }
         }
+        let store = self.shared.registry.status();
+        out.push_str("# HELP gateway_registry_store_up Registry store reachable: 1, or 0 while degraded.\n");
+        out.push_str("# TYPE gateway_registry_store_up gauge\n");
+        let _ = writeln!(out, "gateway_registry_store_up{{store=\"{}\"}} {}", store.store, u8::from(store.is_ok()));
         if let Some(control) = self.control.upgrade() {
             out.push_str("# HELP gateway_subscription_messages_total Queued messages, by subscription and outcome.\n");
             out.push_str("# TYPE gateway_subscription_messages_total counter\n");

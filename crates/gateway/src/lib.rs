@@ -46,8 +46,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// TLS termination, when `server.tls` was set at start.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
-    /// Instances registered through the registry API; lives across reloads.
-    pub registry: Arc<gateway_registry::MemoryRegistry>,
+    /// Instances registered through the registry API (`memory` or `etcd` store); lives across reloads.
+    pub registry: gateway_registry::Registry,
     /// The tokio runtimes serving this gateway (`main`, `worker-N`), for their metrics.
     pub runtimes: Mutex<Vec<(String, tokio::runtime::Handle)>>,
 }
@@ -203,12 +203,16 @@ impl Control {
             (None, None) => {}
         }
         self.admin.set_token(loaded.config.admin.token.clone());
+        let running = &old.config.registry;
+        if loaded.config.registry.store != running.store || loaded.config.registry.etcd != running.etcd {
+            tracing::warn!("registry.store and registry.etcd changes take effect at the next restart");
+        }
         self.shared.registry.set_ttl(loaded.config.registry.ttl.get());
         let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
         let base_dir = config_dir(&self.path);
         let env = BuildEnv {
             base_dir: &base_dir,
-            registry: &self.shared.registry,
+            registry: self.shared.registry.local(),
             metrics: &self.shared.metrics,
             workers: self.workers,
         };
@@ -281,9 +285,11 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
         None => Vec::new(),
     };
     let admin_token = loaded.config.admin.token.clone();
-    let registry = gateway_registry::MemoryRegistry::new(loaded.config.registry.ttl.get());
+    let registry = gateway_registry::Registry::from_config(&loaded.config.registry).await.map_err(|e| {
+        StartError::Config(vec![ConfigError::at_start(&config_path.display().to_string(), e.to_string())])
+    })?;
     let base_dir = config_dir(config_path);
-    let env = BuildEnv { base_dir: &base_dir, registry: &registry, metrics: &metrics, workers };
+    let env = BuildEnv { base_dir: &base_dir, registry: registry.local(), metrics: &metrics, workers };
     let runtime = Runtime::build(loaded.config, loaded.routes, 1, None, &env).await.map_err(|messages| {
         let file = config_path.display().to_string();
         StartError::Config(messages.into_iter().map(|m| ConfigError::at_start(&file, m)).collect())

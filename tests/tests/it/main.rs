@@ -13,6 +13,7 @@ mod observability;
 mod protocols;
 mod proxy;
 mod ratelimit;
+mod registry;
 mod resilience;
 mod routing;
 mod traffic;
