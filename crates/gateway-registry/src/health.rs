@@ -7,7 +7,8 @@ use bytes::{Buf, Bytes};
 use http::header::{CONTENT_TYPE, TE, USER_AGENT};
 use http::{HeaderMap, Request, Uri};
 use http_body_util::{BodyExt, Empty, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinSet;
@@ -23,8 +24,11 @@ use crate::Scheme;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheckOptions {
     /// `http` (GET `path`, any 2xx passes) or `grpc` (`grpc.health.v1.Health/Check`
-    /// over HTTP/2 without TLS; `SERVING` passes).
+    /// over HTTP/2; `SERVING` passes).
     pub kind: HealthCheckKind,
+    /// How to reach `https` endpoints (the service's TLS settings, so probes trust what
+    /// requests trust); without it they are checked by a TCP connect.
+    pub tls: Option<ProbeTls>,
     /// The service name a `grpc` check asks about (`""`: the server as a whole).
     pub grpc_service: String,
     /// The path (and query) to GET, starting with `/`.
@@ -39,10 +43,25 @@ pub struct HealthCheckOptions {
     pub unhealthy_threshold: u32,
 }
 
+/// TLS client settings for probing `https` endpoints. Equal when they are the same
+/// settings (the same `Arc`), as a service definition that did not change keeps them.
+#[derive(Debug, Clone)]
+pub struct ProbeTls(pub Arc<rustls::ClientConfig>);
+
+impl PartialEq for ProbeTls {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ProbeTls {}
+
 impl From<&gateway_config::HealthCheck> for HealthCheckOptions {
+    /// Without TLS settings (see [`HealthCheckOptions::tls`]).
     fn from(h: &gateway_config::HealthCheck) -> Self {
         HealthCheckOptions {
             kind: h.kind,
+            tls: None,
             grpc_service: h.service.clone().unwrap_or_default(),
             path: h.path.clone(),
             interval: h.interval.0,
@@ -53,8 +72,9 @@ impl From<&gateway_config::HealthCheck> for HealthCheckOptions {
     }
 }
 
-type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
-type GrpcClient = Client<HttpConnector, Full<Bytes>>;
+type ProbeClient<C = HttpConnector> = Client<C, Empty<Bytes>>;
+type GrpcClient<C = HttpConnector> = Client<C, Full<Bytes>>;
+type Https = HttpsConnector<HttpConnector>;
 
 /// The path of the standard gRPC health check.
 const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
@@ -69,6 +89,8 @@ struct Prober {
     http1: ProbeClient,
     h2c: ProbeClient,
     grpc: GrpcClient,
+    /// `https` endpoints: HTTP/1.1 or HTTP/2 by ALPN for `http` checks, HTTP/2 for `grpc`.
+    https: Option<(ProbeClient<Https>, GrpcClient<Https>)>,
     /// The framed `HealthCheckRequest` every gRPC probe sends.
     grpc_request: Bytes,
     options: Arc<HealthCheckOptions>,
@@ -83,20 +105,36 @@ impl Prober {
         let http1 = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector.clone());
         let h2c =
             Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).http2_only(true).build(connector.clone());
-        let grpc = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).http2_only(true).build(connector);
+        let grpc =
+            Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).http2_only(true).build(connector.clone());
+        let https = options.tls.as_ref().map(|ProbeTls(tls)| {
+            let mut connector = connector.clone();
+            connector.enforce_http(false); // the TLS layer takes https:// URIs
+            let tls = || HttpsConnectorBuilder::new().with_tls_config(rustls::ClientConfig::clone(tls)).https_only();
+            let any = tls().enable_all_versions().wrap_connector(connector.clone());
+            let h2 = tls().enable_http2().wrap_connector(connector.clone());
+            let grpc = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).http2_only(true).build(h2);
+            (Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(any), grpc)
+        });
         let grpc_request = grpc_health_request(&options.grpc_service);
-        Prober { http1, h2c, grpc, grpc_request, options: Arc::new(options) }
+        Prober { http1, h2c, grpc, https, grpc_request, options: Arc::new(options) }
     }
 
     /// `Ok` when the endpoint passes.
     async fn probe(&self, endpoint: &EndpointState) -> Result<(), String> {
         let work = async {
-            match (self.options.kind, endpoint.scheme()) {
-                (HealthCheckKind::Http, Scheme::Http) => self.get(&self.http1, endpoint).await,
-                (HealthCheckKind::Http, Scheme::H2c) => self.get(&self.h2c, endpoint).await,
-                (HealthCheckKind::Grpc, Scheme::H2c | Scheme::Http) => self.grpc_check(endpoint).await,
-                // https (TLS settings live in the proxy crate): can we connect?
-                _ => tokio::net::TcpStream::connect(endpoint.address())
+            match (self.options.kind, endpoint.scheme(), &self.https) {
+                (HealthCheckKind::Http, Scheme::Http, _) => self.get(&self.http1, "http", endpoint).await,
+                (HealthCheckKind::Http, Scheme::H2c, _) => self.get(&self.h2c, "http", endpoint).await,
+                (HealthCheckKind::Http, Scheme::Https, Some((any, _))) => self.get(any, "https", endpoint).await,
+                (HealthCheckKind::Grpc, Scheme::H2c | Scheme::Http, _) => {
+                    self.grpc_check(&self.grpc, "http", endpoint).await
+                }
+                (HealthCheckKind::Grpc, Scheme::Https, Some((_, grpc))) => {
+                    self.grpc_check(grpc, "https", endpoint).await
+                }
+                // https without TLS settings: can we connect?
+                (_, Scheme::Https, None) => tokio::net::TcpStream::connect(endpoint.address())
                     .await
                     .map(drop)
                     .map_err(|e| format!("connect: {e}")),
@@ -107,9 +145,12 @@ impl Prober {
             .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.options.timeout)))
     }
 
-    async fn get(&self, client: &ProbeClient, endpoint: &EndpointState) -> Result<(), String> {
+    async fn get<C>(&self, client: &ProbeClient<C>, scheme: &str, endpoint: &EndpointState) -> Result<(), String>
+    where
+        C: Connect + Clone + Send + Sync + 'static,
+    {
         let uri: Uri =
-            format!("http://{}{}", endpoint.address(), self.options.path).parse().map_err(|e| format!("{e}"))?;
+            format!("{scheme}://{}{}", endpoint.address(), self.options.path).parse().map_err(|e| format!("{e}"))?;
         let request = Request::get(uri)
             .header(USER_AGENT, "gateway-health-check")
             .body(Empty::new())
@@ -124,17 +165,20 @@ impl Prober {
 }
 
 impl Prober {
-    /// `grpc.health.v1.Health/Check` over HTTP/2 with prior knowledge (h2c).
-    async fn grpc_check(&self, endpoint: &EndpointState) -> Result<(), String> {
+    /// `grpc.health.v1.Health/Check` over HTTP/2: with prior knowledge (h2c) or TLS.
+    async fn grpc_check<C>(&self, client: &GrpcClient<C>, scheme: &str, endpoint: &EndpointState) -> Result<(), String>
+    where
+        C: Connect + Clone + Send + Sync + 'static,
+    {
         let uri: Uri =
-            format!("http://{}{GRPC_HEALTH_CHECK}", endpoint.address()).parse().map_err(|e| format!("{e}"))?;
+            format!("{scheme}://{}{GRPC_HEALTH_CHECK}", endpoint.address()).parse().map_err(|e| format!("{e}"))?;
         let request = Request::post(uri)
             .header(CONTENT_TYPE, "application/grpc")
             .header(TE, "trailers")
             .header(USER_AGENT, "gateway-health-check")
             .body(Full::new(self.grpc_request.clone()))
             .map_err(|e| e.to_string())?;
-        let response = self.grpc.request(request).await.map_err(|e| format!("{e}"))?;
+        let response = client.request(request).await.map_err(|e| format!("{e}"))?;
         if !response.status().is_success() {
             return Err(format!("status {}", response.status().as_u16()));
         }

@@ -26,11 +26,12 @@
 //! Endpoints registered in the registry are `http` unless their metadata says
 //! `"scheme": "https"` or `"h2c"`; `"weight"` (1-1000) weights them.
 //!
-//! Active checks of `kind = "grpc"` call `grpc.health.v1.Health/Check` over h2c and pass
-//! on `SERVING`.
+//! Active checks of `kind = "grpc"` call `grpc.health.v1.Health/Check` over HTTP/2 (h2c,
+//! or TLS for `https` endpoints) and pass on `SERVING`. `https` endpoints are probed with
+//! the TLS settings the caller puts in [`HealthCheckOptions::tls`] (the gateway passes the
+//! service's own), else by a TCP connect.
 //!
-//! Not here yet: health checks of `https` endpoints are a TCP connect (TLS settings live
-//! in the proxy crate); TLS and authentication to etcd.
+//! Not here yet: TLS and authentication to etcd.
 //!
 //! ```
 //! use gateway_registry::{Endpoint, Outcome, Pick, PickContext, ServiceEndpoints};
@@ -75,7 +76,7 @@ pub use discover::{
 };
 pub use endpoint::{Endpoint, EndpointError, Scheme};
 pub use etcd::{EtcdOptions, EtcdRegistry};
-pub use health::{HealthCheckKind, HealthCheckOptions};
+pub use health::{HealthCheckKind, HealthCheckOptions, ProbeTls};
 pub use registry::{
     valid_name, InstanceView, MemoryRegistry, Registered, RegistryDiscovery, RegistryError, ServiceSummary, MAX_WEIGHT,
 };

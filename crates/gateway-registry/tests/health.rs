@@ -68,6 +68,7 @@ fn checks(interval_ms: u64, healthy_threshold: u32, unhealthy_threshold: u32) ->
         health_check: Some(HealthCheckOptions {
             kind: HealthCheckKind::Http,
             grpc_service: String::new(),
+            tls: None,
             path: "/health".into(),
             interval: Duration::from_millis(interval_ms),
             timeout: Duration::from_secs(1),

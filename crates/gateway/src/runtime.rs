@@ -14,7 +14,7 @@ use gateway_config::{Config, IpNet, Route};
 use gateway_events::{BrokerOptions, Brokers};
 use gateway_proxy::{UpstreamClient, UpstreamSettings};
 use gateway_ratelimit::{RateLimits, RouteLimits};
-use gateway_registry::{MemoryRegistry, ServiceEndpoints};
+use gateway_registry::{MemoryRegistry, ProbeTls, ServiceEndpoints, ServiceOptions, Source};
 use gateway_resilience::{RetryBudget, RetryPolicy};
 use gateway_router::RouteTable;
 use gateway_telemetry::trace::Tracer;
@@ -241,8 +241,6 @@ fn build_service(
     metrics: &Metrics,
     workers: usize,
 ) -> Result<ServiceRuntime, Vec<String>> {
-    let endpoints = ServiceEndpoints::from_config(name, definition, registry)
-        .map_err(|e| vec![format!("[services.{name}]: {e}")])?;
     // TLS settings only for services that can reach an https endpoint (registered
     // instances may say https in their metadata, so discovered services get them too).
     let needs_tls = definition.ca_file.is_some()
@@ -261,6 +259,14 @@ fn build_service(
     } else {
         None
     };
+    // Health checks of https endpoints trust what requests trust.
+    let build_error = |e: gateway_registry::BuildError| vec![format!("[services.{name}]: {e}")];
+    let mut options = ServiceOptions::from_config(definition).map_err(build_error)?;
+    if let Some(check) = &mut options.health_check {
+        check.tls = tls.clone().map(ProbeTls);
+    }
+    let source = Source::from_config(name, definition, registry).map_err(build_error)?;
+    let endpoints = ServiceEndpoints::new(name, options, source).map_err(build_error)?;
     let settings =
         UpstreamSettings { connect_timeout: definition.connect_timeout.get(), tls, ..UpstreamSettings::default() };
     Ok(ServiceRuntime {

@@ -8,9 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gateway_tests::{eventually, eventually_within, shared_etcd, Backend, EtcdServer, TestGateway};
+use gateway_tests::{eventually, eventually_within, shared_etcd, Backend, EtcdServer, TempDir, TestCa, TestGateway};
 use http::Request;
 use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 /// A key prefix no other test uses, so tests can share one etcd.
@@ -215,11 +218,17 @@ async fn the_memory_store_reports_itself_ready() {
     assert!(metrics(&gw.admin_get("/metrics").await).contains("gateway_registry_store_up{store=\"memory\"} 1"));
 }
 
-/// A real `grpc.health.v1.Health` server (tonic-health) on `127.0.0.1:0`, over h2c.
-async fn grpc_health_server() -> (SocketAddr, tonic_health::server::HealthReporter) {
+/// The `grpc.health.v1.Health` service (tonic-health): the server and `users.v1.Users` serving.
+async fn health_service() -> (HealthReporter, HealthServer<impl Health>) {
     let (reporter, service) = tonic_health::server::health_reporter();
     reporter.set_service_status("", ServingStatus::Serving).await;
     reporter.set_service_status("users.v1.Users", ServingStatus::Serving).await;
+    (reporter, service)
+}
+
+/// A real `grpc.health.v1.Health` server on `127.0.0.1:0`, over h2c.
+async fn grpc_health_server() -> (SocketAddr, HealthReporter) {
+    let (reporter, service) = health_service().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
@@ -259,4 +268,69 @@ service = "users"
     // An unknown service (grpc-status NOT_FOUND) fails the check too.
     reporter.clear_service_status("users.v1.Users").await;
     assert!(eventually(async || !healthy().await).await, "an unknown service passed the check");
+}
+
+/// The same health service over TLS (`config`, ALPN h2), served by hyper.
+async fn grpc_health_server_tls(config: std::sync::Arc<rustls::ServerConfig>) -> (SocketAddr, HealthReporter) {
+    let (reporter, service) = health_service().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (acceptor, service) = (acceptor.clone(), service.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let call = hyper::service::service_fn(move |request| {
+                    let mut service = service.clone();
+                    async move { tower::Service::call(&mut service, request).await }
+                });
+                let http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                let _ = http2.serve_connection(TokioIo::new(tls), call).await;
+            });
+        }
+    });
+    (addr, reporter)
+}
+
+#[tokio::test]
+async fn grpc_health_checks_speak_tls_to_https_endpoints() {
+    let ca = TestCa::new("grpc health CA");
+    let (addr, reporter) = grpc_health_server_tls(ca.leaf(&["localhost"]).server_config(&["h2"], None)).await;
+    let dir = TempDir::new();
+    std::fs::write(dir.0.join("ca.pem"), ca.cert_pem()).unwrap();
+    // One service trusts the test CA; the other (webpki roots) does not, so its checks
+    // fail the TLS handshake, which a TCP connect check would not notice.
+    let check = "health_check = { kind = \"grpc\", interval = \"50ms\", timeout = \"500ms\", healthy_threshold = 1, unhealthy_threshold = 1 }";
+    let port = addr.port();
+    let config = format!(
+        r#"
+[services.trusted]
+endpoints = ["https://localhost:{port}"]
+ca_file = "ca.pem"
+{check}
+[services.untrusted]
+endpoints = ["https://localhost:{port}"]
+{check}
+[[routes]]
+name = "r"
+path_prefix = "/"
+service = "trusted"
+"#
+    );
+    let gw = TestGateway::start_in(dir, &config, "").await;
+    let healthy = async |service: &str| {
+        let services = gw.admin_get("/admin/services").await.json();
+        let service = services.as_array().unwrap().iter().find(|s| s["name"] == service).unwrap().clone();
+        service["endpoints"][0]["healthy"] == true
+    };
+    assert!(eventually(async || !healthy("untrusted").await).await, "an untrusted certificate passed the check");
+    assert!(healthy("trusted").await);
+
+    reporter.set_service_status("", ServingStatus::NotServing).await;
+    assert!(eventually(async || !healthy("trusted").await).await, "NOT_SERVING over TLS never took it out");
+    assert_eq!(gw.get("/x").await.status, 503);
+    reporter.set_service_status("", ServingStatus::Serving).await;
+    assert!(eventually(async || healthy("trusted").await).await, "SERVING over TLS never brought it back");
 }
