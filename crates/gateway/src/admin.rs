@@ -172,8 +172,19 @@ impl AdminSource for AdminView {
         })
     }
 
+    /// Details only: a broker or registry store that is down degrades the routes that use
+    /// it (503 there), not the gateway, which stays ready.
     fn readiness(&self) -> Value {
-        json!({ "registry": self.shared.registry.status() })
+        let runtime = self.shared.runtime.load();
+        let brokers: Map<String, Value> = runtime
+            .brokers
+            .iter()
+            .map(|(name, broker)| {
+                let kind = format!("{:?}", broker.kind()).to_lowercase();
+                (name.to_owned(), json!({ "kind": kind, "status": broker.state().as_str() }))
+            })
+            .collect();
+        json!({ "registry": self.shared.registry.status(), "brokers": brokers })
     }
 
     fn extra_metrics(&self) -> String {

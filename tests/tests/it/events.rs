@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use gateway_tests::{shared_nats, shared_rabbit, Backend, NatsServer, TestGateway};
+use gateway_tests::{eventually, shared_nats, shared_rabbit, Backend, NatsServer, TestGateway};
 use http::Request;
 use http_body_util::Full;
 
@@ -135,10 +135,15 @@ async fn a_broker_that_is_down_gives_503_never_a_false_202() {
         nats.url()
     );
     let gw = TestGateway::start(&config).await;
+    let broker_status = async || gw.admin_get("/readyz").await.json()["details"]["brokers"]["jet"].clone();
+    assert_eq!(broker_status().await, serde_json::json!({ "kind": "nats", "status": "connected" }));
     nats.kill();
     let started = std::time::Instant::now();
     let resp = gw.request(post("/p", "{}")).await;
     assert_eq!(resp.status, 503);
     assert_eq!(resp.error_code(), "service_unavailable");
     assert!(started.elapsed() < Duration::from_secs(3));
+    // The broker's state shows in /readyz details; the gateway itself stays ready.
+    assert!(eventually(async || broker_status().await["status"] == "reconnecting").await, "{}", broker_status().await);
+    assert_eq!(gw.admin_get("/readyz").await.status, 200);
 }
