@@ -54,12 +54,13 @@ trap 'exit 130' INT TERM
 
 # --- tools ------------------------------------------------------------------------------
 
-# install_tools TOOL...: wrk, nginx, haproxy, redis-server and curl come from the
-# distribution; install the missing ones when root.
+# install_tools TOOL[:PACKAGE]...: wrk, nginx, haproxy, redis-server, curl, h2load
+# (h2load:nghttp2-client) come from the distribution; install the missing ones when root.
+# PACKAGE defaults to the tool's own name.
 install_tools() {
-    local missing=() tool
-    for tool in "$@"; do
-        command -v "$tool" >/dev/null || missing+=("$tool")
+    local missing=() spec
+    for spec in "$@"; do
+        command -v "${spec%%:*}" >/dev/null || missing+=("${spec#*:}")
     done
     [[ ${#missing[@]} -eq 0 ]] && return
     [[ $EUID -eq 0 ]] || die "missing ${missing[*]}; install them (or run as root to let this script apt-get them)"
@@ -278,40 +279,52 @@ pct_of_core() {
     echo $(( 100 * ticks / (HZ * seconds) ))
 }
 
-# One wrk round at a target. Appends to results:
+# driver_round TARGET SECONDS RECORD PARSER DRIVER...: one round at a target with one load
+# driver (wrk here, h2load in h2.sh), run pinned on the load core. When RECORD is "record",
+# `PARSER TARGET TICKS SECONDS OTHER_PROXY OTHER_LOAD` turns the driver's output (on stdin)
+# into one line appended to results:
 #   target rps p50_ms p99_ms cpu_us_per_req core_pct other_proxy_core_pct other_load_core_pct errors
 # core_pct: the share of its core the target used; near 100 when the proxy is the bottleneck,
 # as intended. The two "other" figures: the share of each core that went to anything but the
 # processes measured (a compile, a test run), i.e. how far to trust the round. For the direct
-# target the proxy core is not in use, so that figure is "-".
-wrk_round() {
-    local target="$1" seconds="$2" record="$3"
-    local pids backend_pids t0 b0 c0 l0 t1 b1 c1 l1 out wrk_ticks other_proxy other_load hdr
+# targets (named direct*, served from the load core) the proxy core is not in use, so that
+# figure is "-".
+driver_round() {
+    local target="$1" seconds="$2" record="$3" parser="$4"
+    shift 4
+    local pids backend_pids t0 b0 c0 l0 t1 b1 c1 l1 out driver_ticks other_proxy other_load line
     pids="$(worker_pids "${PID[$target]}")"
     backend_pids="$(worker_pids "${PID[direct]}") ${HELPERS[*]}"
-    mapfile -t hdr < <(header_args "$target")
     t0="$(cpu_ticks $pids)" b0="$(cpu_ticks $backend_pids)"
     c0="$(core_busy_ticks "$PROXY_CORE")" l0="$(core_busy_ticks "$LOAD_CORE")"
-    # `times` after wrk: its last line is the CPU time of this subshell's children, i.e. wrk.
-    out="$(pinned "$LOAD_CORE" timeout $(( seconds + 30 )) \
-        wrk -t1 -c"$CONNS" -d"${seconds}s" --latency "${hdr[@]}" "$(target_url "$target")" && times)" ||
-        die "wrk failed against $target"
+    # `times` after the driver: its last line is the CPU time of this subshell's children,
+    # i.e. the driver.
+    out="$(pinned "$LOAD_CORE" timeout $(( seconds + 30 )) "$@" && times)" ||
+        die "$1 failed against $target"
     c1="$(core_busy_ticks "$PROXY_CORE")" l1="$(core_busy_ticks "$LOAD_CORE")"
     t1="$(cpu_ticks $pids)" b1="$(cpu_ticks $backend_pids)"
     [[ "$record" == record ]] || return 0
 
-    wrk_ticks="$(tail -n 1 <<<"$out" | awk -v hz="$HZ" '
+    driver_ticks="$(tail -n 1 <<<"$out" | awk -v hz="$HZ" '
         function sec(v) { sub(/s$/, "", v); split(v, a, "m"); return a[1] * 60 + a[2] }
         { printf "%d\n", (sec($1) + sec($2)) * hz }')"
-    other_load="$(pct_of_core $(( l1 - l0 - (b1 - b0) - wrk_ticks )) "$seconds")"
-    if [[ "$target" == direct ]]; then
+    other_load="$(pct_of_core $(( l1 - l0 - (b1 - b0) - driver_ticks )) "$seconds")"
+    if [[ "$target" == direct* ]]; then
         other_proxy=-
     else
         other_proxy="$(pct_of_core $(( c1 - c0 - (t1 - t0) )) "$seconds")"
     fi
-    line="$(parse_wrk "$target" $(( t1 - t0 )) "$seconds" "$other_proxy" "$other_load" <<<"$out")"
+    line="$("$parser" "$target" $(( t1 - t0 )) "$seconds" "$other_proxy" "$other_load" <<<"$out")"
     log "  $line"
     echo "$line" >>"$WORK/results.tsv"
+}
+
+# wrk_round TARGET SECONDS RECORD: one wrk round (-t1 -c$CONNS) at a target; see driver_round.
+wrk_round() {
+    local hdr
+    mapfile -t hdr < <(header_args "$1")
+    driver_round "$1" "$2" "$3" parse_wrk \
+        wrk -t1 -c"$CONNS" -d"$2s" --latency "${hdr[@]}" "$(target_url "$1")"
 }
 
 # wrk's text → one results line. Latencies come as 850.00us, 1.20ms or 1.01s; all become ms.
@@ -337,16 +350,16 @@ parse_wrk() {
         }'
 }
 
-# Interleaved rounds, with the starting target rotated each round so no target always
-# follows the same neighbour.
+# load_rounds [ROUND_FN]: interleaved rounds of ROUND_FN (default wrk_round) over TARGETS,
+# with the starting target rotated each round so no target always follows the same neighbour.
 load_rounds() {
-    local round i n=${#TARGETS[@]}
+    local round i n=${#TARGETS[@]} round_fn="${1:-wrk_round}"
     log "warm-up: 1 s per target"
-    for i in "${TARGETS[@]}"; do wrk_round "$i" 1 skip; done
+    for i in "${TARGETS[@]}"; do "$round_fn" "$i" 1 skip; done
     for round in $(seq "$ROUNDS"); do
         log "round $round/$ROUNDS (${DURATION} s per target)"
         for i in $(seq 0 $(( n - 1 ))); do
-            wrk_round "${TARGETS[$(( (i + round - 1) % n ))]}" "$DURATION" record
+            "$round_fn" "${TARGETS[$(( (i + round - 1) % n ))]}" "$DURATION" record
         done
     done
 }
