@@ -485,6 +485,48 @@ async fn websocket_over_http2_extended_connect() {
     assert!(refused.map_or(true, |r| r.status() == StatusCode::BAD_REQUEST), "plain CONNECT must not tunnel");
 }
 
+/// A WebSocket route is a route like any other: its handshake is authenticated and
+/// counted by the rate limit before any tunnel opens.
+#[tokio::test]
+async fn websocket_handshakes_pass_auth_and_rate_limits() {
+    let (addr, _closes) = ws_echo_server().await;
+    let digest: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(b"ws-key").iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let config = format!(
+        "[auth.keys]\ntype = \"api_key\"\nheader = \"x-api-key\"\nkeys = [{{ consumer = \"chat\", sha256 = \"{digest}\" }}]\n\
+         [rate_limits.two]\nrequests = 2\nper = \"1m\"\nkey = \"consumer\"\n{}auth = [\"keys\"]\nrate_limit = [\"two\"]\n",
+        one_route(&format!("http://{addr}"), "")
+    );
+    let gw = TestGateway::start(&config).await;
+    let request = |key: Option<&str>| {
+        let mut req = "ws://gateway.test/chat".into_client_request().unwrap();
+        if let Some(key) = key {
+            req.headers_mut().insert("x-api-key", key.parse().unwrap());
+        }
+        req
+    };
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let refused = within("handshake without a key", tokio_tungstenite::client_async(request(None), tcp)).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), StatusCode::UNAUTHORIZED),
+        other => panic!("expected 401, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    for _ in 0..2 {
+        let (mut ws, _) = ws_connect(gw.addr, request(Some("ws-key"))).await;
+        ws.send(Message::text("authorised")).await.unwrap();
+        assert_eq!(within("echo", ws.next()).await.unwrap().unwrap(), Message::text("authorised"));
+    }
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    match within("third handshake", tokio_tungstenite::client_async(request(Some("ws-key")), tcp)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS)
+        }
+        other => panic!("expected 429, got {:?}", other.map(|(_, r)| r.status())),
+    }
+}
+
 #[tokio::test]
 async fn websocket_over_tls_termination() {
     let (addr, _closes) = ws_echo_server().await;
