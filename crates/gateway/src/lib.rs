@@ -13,9 +13,11 @@
 mod access_log;
 mod admin;
 mod aggregate;
+mod conn_limit;
 mod cors;
 pub mod demo;
 mod idle;
+mod keepalive;
 mod publish;
 mod runtime;
 mod server;
@@ -50,6 +52,8 @@ pub struct Shared {
     pub registry: gateway_registry::Registry,
     /// The tokio runtimes serving this gateway (`main`, `worker-N`), for their metrics.
     pub runtimes: Mutex<Vec<(String, tokio::runtime::Handle)>>,
+    /// Open client connections, counted for `server.max_connections[_per_client]`.
+    pub connections: Arc<conn_limit::ConnectionLimits>,
 }
 
 /// Why the gateway could not start.
@@ -300,6 +304,7 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
         tls,
         registry,
         runtimes: Mutex::new(vec![("main".to_owned(), tokio::runtime::Handle::current())]),
+        connections: Arc::default(),
     });
     let control = Arc::new_cyclic(|weak| {
         let view = admin::AdminView { shared: shared.clone(), control: weak.clone() };
