@@ -620,6 +620,9 @@ fn hex_digit(byte: u8) -> Option<u64> {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::HeadProblem::*;
