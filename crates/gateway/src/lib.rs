@@ -28,6 +28,12 @@ mod time;
 mod tls;
 mod upstream;
 
+/// The raw-input parsers, for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::strict::{HeadScanner, HeadVerdict, Verdicts};
+}
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
