@@ -92,7 +92,7 @@ impl ConnClock {
     pub fn request(&self) -> InFlight {
         self.0.in_flight.fetch_add(1, Ordering::Relaxed);
         let _ = self.0.requests.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1));
-        InFlight(self.clone())
+        InFlight { _guard: Arc::new(Guard(self.clone())) }
     }
 
     /// When the next timer runs out, as things stand; `None` while a request is in flight
@@ -132,10 +132,16 @@ impl ConnClock {
     }
 }
 
-/// One request in flight on its connection.
-pub struct InFlight(ConnClock);
+/// One request in flight on its connection. Clones share it: a tunnel (an HTTP/2
+/// extended CONNECT) keeps a clone for as long as it runs, so its connection is not idle.
+#[derive(Clone)]
+pub struct InFlight {
+    _guard: Arc<Guard>,
+}
 
-impl Drop for InFlight {
+struct Guard(ConnClock);
+
+impl Drop for Guard {
     fn drop(&mut self) {
         let state = &*self.0 .0;
         // Stored before the count drops, so the clock never sees "idle since long ago".

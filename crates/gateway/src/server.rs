@@ -8,6 +8,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{Method, Request};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -156,8 +158,12 @@ where
     let verdicts = (!is_h2).then(Verdicts::default);
     let svc = {
         let (clock, verdicts) = (clock.clone(), verdicts.clone());
-        service_fn(move |req| {
+        service_fn(move |mut req: Request<Incoming>| {
             let in_flight = clock.request();
+            if req.method() == Method::CONNECT {
+                // A tunnel outlives its response: the service keeps this until it closes.
+                req.extensions_mut().insert(in_flight.clone());
+            }
             // Boxed: the request future is large (every route action lives in it), and
             // hyper keeps the service future inline in each connection, idle ones included.
             let answer = Box::pin(handle(req, conn, verdicts.clone(), shared.clone()));
