@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -35,13 +36,49 @@ impl Answer {
 
 /// Send one request on a fresh HTTP/1.1 connection to `addr`.
 pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Answer {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(conn);
-    let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req)).await.unwrap().unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    Answer { status: parts.status, headers: parts.headers, body }
+    KeepAlive::open(addr).await.send(req).await.unwrap()
+}
+
+/// One HTTP/1.1 connection kept open for several requests.
+pub struct KeepAlive {
+    sender: SendRequest<Full<Bytes>>,
+    /// The connection's task: it ends when either side closes.
+    conn: tokio::task::JoinHandle<()>,
+}
+
+impl KeepAlive {
+    pub async fn open(addr: SocketAddr) -> KeepAlive {
+        Self::over(tokio::net::TcpStream::connect(addr).await.unwrap()).await
+    }
+
+    /// Speak HTTP/1.1 over an already connected `stream`.
+    pub async fn over(stream: tokio::net::TcpStream) -> KeepAlive {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        KeepAlive {
+            sender,
+            conn: tokio::spawn(async move {
+                let _ = conn.await;
+            }),
+        }
+    }
+
+    /// Send `req` on this connection; an error when the connection is gone.
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Answer, hyper::Error> {
+        let resp = tokio::time::timeout(Duration::from_secs(30), self.sender.send_request(req)).await.unwrap()?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        Ok(Answer { status: parts.status, headers: parts.headers, body })
+    }
+
+    /// A GET for `path` with `host: a`.
+    pub async fn get(&mut self, path: &str) -> Result<Answer, hyper::Error> {
+        self.send(get_with(path, &[])).await
+    }
+
+    /// Wait at most `wait` for the server to close the connection; whether it did.
+    pub async fn closed_within(&mut self, wait: Duration) -> bool {
+        tokio::time::timeout(wait, &mut self.conn).await.is_ok()
+    }
 }
 
 /// Write `bytes` on a fresh connection and read until the server closes it or `wait`

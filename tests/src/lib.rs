@@ -10,6 +10,8 @@
 //! - [`GrpcBackend`]: a tonic gRPC server (h2c) with the four call kinds of `proto/echo.proto`.
 //! - [`Browser`]: headless Chromium driven by chromedriver over WebDriver (the dashboard test).
 //! - [`TestCa`], [`Leaf`] and [`tls_connect`]: certificates made at test time and TLS clients.
+//! - [`KeepAlive`]: one HTTP/1.1 connection for several requests; [`frames`]: hand-built
+//!   HTTP/2 frames over raw TCP.
 //!
 //! ```no_run
 //! # async fn f() {
@@ -32,6 +34,7 @@
 mod backend;
 mod browser;
 mod client;
+pub mod frames;
 mod gateway;
 mod grpc;
 mod servers;
@@ -39,7 +42,7 @@ mod tls;
 
 pub use backend::{full, Backend, BoxedBody, ChaosBackend, Protocol, Seen, TestServer};
 pub use browser::Browser;
-pub use client::{eventually, eventually_within, get_with, raw, send, Answer};
+pub use client::{eventually, eventually_within, get_with, raw, send, Answer, KeepAlive};
 pub use gateway::TestGateway;
 pub use grpc::{echo, GrpcBackend};
 pub use servers::{

@@ -56,7 +56,11 @@ pub struct Server {
     /// Single-threaded runtimes serving the listener; 0 = one per available core.
     pub workers: usize,
     pub tls: Option<TlsSetting>,
+    /// How long a request head may take to arrive, from its first byte (and, on a new
+    /// HTTP/1.1 connection, from the accept): past it the connection closes.
     pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may sit with no request in flight before it is
+    /// closed (HTTP/2: with a GOAWAY).
     pub idle_timeout: Duration,
     pub body_read_timeout: Duration,
     pub http2: Http2,
@@ -65,6 +69,12 @@ pub struct Server {
     /// Peers whose `x-forwarded-for` is believed (CIDR or plain addresses).
     pub trusted_proxies: Vec<String>,
     pub shutdown_grace: Duration,
+    /// Open client connections, all workers together; one more is closed at accept.
+    /// 0 = no cap.
+    pub max_connections: u32,
+    /// Open client connections from one peer address; one more is closed at accept.
+    /// Peers in `trusted_proxies` (load balancers) are exempt. 0 = no cap.
+    pub max_connections_per_client: u32,
 }
 
 impl Default for Server {
@@ -81,6 +91,8 @@ impl Default for Server {
             max_body_bytes: ByteSize(10 * 1024 * 1024),
             trusted_proxies: Vec::new(),
             shutdown_grace: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_connections_per_client: 256,
         }
     }
 }
@@ -127,13 +139,36 @@ pub struct TlsCert {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http2 {
+    /// Streams a client may have open at once; more are refused (`REFUSED_STREAM`).
     pub max_concurrent_streams: u32,
+    /// Decoded size of one header list (HPACK bombs, CONTINUATION floods): past it the
+    /// stream is refused with 431.
     pub max_header_list_bytes: u32,
+    /// Streams the client reset before the gateway accepted them, at once; past it the
+    /// connection gets GOAWAY `ENHANCE_YOUR_CALM` (rapid reset, CVE-2023-44487).
+    pub max_pending_accept_reset_streams: u32,
+    /// Streams the gateway had to reset for the client's protocol errors, per connection;
+    /// past it the connection gets GOAWAY `ENHANCE_YOUR_CALM`.
+    pub max_local_error_reset_streams: u32,
+    /// Flow-control window of one stream: request body bytes buffered per stream.
+    pub initial_stream_window_bytes: u32,
+    /// Flow-control window of the connection: request body bytes buffered per connection.
+    pub initial_connection_window_bytes: u32,
+    /// Largest frame payload the gateway accepts.
+    pub max_frame_bytes: u32,
 }
 
 impl Default for Http2 {
     fn default() -> Self {
-        Http2 { max_concurrent_streams: 200, max_header_list_bytes: 16384 }
+        Http2 {
+            max_concurrent_streams: 200,
+            max_header_list_bytes: 16384,
+            max_pending_accept_reset_streams: 50,
+            max_local_error_reset_streams: 256,
+            initial_stream_window_bytes: 1024 * 1024,
+            initial_connection_window_bytes: 2 * 1024 * 1024,
+            max_frame_bytes: 16384,
+        }
     }
 }
 

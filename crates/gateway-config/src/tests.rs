@@ -914,3 +914,32 @@ fn audience_is_a_string_or_a_list() {
     ok(&provider(&format!("{jwt}\naudience = [\"api\", \"web\"]")));
     expect_only(&provider(&format!("{jwt}\naudience = [\"api\", 5]")), "5]", "expected a string");
 }
+
+#[test]
+fn connection_caps_default_and_parse() {
+    let config = ok(BASE);
+    assert_eq!((config.server.max_connections, config.server.max_connections_per_client), (10_000, 256));
+    let config = ok(&with("[server]\nmax_connections = 0\nmax_connections_per_client = 4\n"));
+    assert_eq!((config.server.max_connections, config.server.max_connections_per_client), (0, 4));
+    expect_only(&with("[server]\nmax_connections = -1\n"), "-1", "invalid value");
+}
+
+#[test]
+fn http2_limits_are_range_checked() {
+    let config = ok(BASE);
+    assert_eq!(config.server.http2.max_pending_accept_reset_streams, 50);
+    assert_eq!(config.server.http2.max_frame_bytes, 16_384);
+    expect_only(
+        &with("[server.http2]\nmax_frame_bytes = 100\n"),
+        "100",
+        "server.http2.max_frame_bytes = 100 is out of range (16384 to 16777215)",
+    );
+    for (key, value) in [
+        ("initial_stream_window_bytes", "2147483648"),
+        ("max_local_error_reset_streams", "0"),
+        ("max_concurrent_streams", "0"),
+    ] {
+        expect_only(&with(&format!("[server.http2]\n{key} = {value}\n")), &format!("{value}\n"), "out of range");
+    }
+    expect_only(&with("[server]\nidle_timeout = \"0s\"\n"), "\"0s\"", "server.idle_timeout must be greater than 0");
+}

@@ -133,15 +133,11 @@ impl Validator<'_, '_, '_> {
         self.ip_list(&base, "trusted_proxies", &s.trusted_proxies);
         self.positive(&[K("server"), K("header_read_timeout")], "server.header_read_timeout", s.header_read_timeout);
         self.positive(&[K("server"), K("body_read_timeout")], "server.body_read_timeout", s.body_read_timeout);
+        self.positive(&[K("server"), K("idle_timeout")], "server.idle_timeout", s.idle_timeout);
         if s.max_header_bytes.get() == 0 {
             self.at_value(&[K("server"), K("max_header_bytes")], "server.max_header_bytes must be greater than 0");
         }
-        if s.http2.max_concurrent_streams == 0 {
-            self.at_value(
-                &[K("server"), K("http2"), K("max_concurrent_streams")],
-                "server.http2.max_concurrent_streams must be greater than 0",
-            );
-        }
+        self.http2(&s.http2);
         let certs: Vec<&TlsCert> = match &s.tls {
             None => Vec::new(),
             Some(TlsSetting::One(c)) => vec![c],
@@ -160,6 +156,28 @@ impl Validator<'_, '_, '_> {
             }
             if cert.key.trim().is_empty() {
                 self.at_value(&[&path[..], &[K("key")]].concat(), "server.tls: `key` must name a PEM file");
+            }
+        }
+    }
+
+    fn http2(&mut self, h: &Http2) {
+        const MAX_WINDOW: u32 = (1 << 31) - 1;
+        let checks: [(&str, u32, u32, u32); 7] = [
+            ("max_concurrent_streams", h.max_concurrent_streams, 1, u32::MAX),
+            ("max_header_list_bytes", h.max_header_list_bytes, 1, u32::MAX),
+            ("max_pending_accept_reset_streams", h.max_pending_accept_reset_streams, 1, u32::MAX),
+            ("max_local_error_reset_streams", h.max_local_error_reset_streams, 1, u32::MAX),
+            // RFC 9113 §6.5.2 and §6.9.1.
+            ("initial_stream_window_bytes", h.initial_stream_window_bytes, 65_535, MAX_WINDOW),
+            ("initial_connection_window_bytes", h.initial_connection_window_bytes, 65_535, MAX_WINDOW),
+            ("max_frame_bytes", h.max_frame_bytes, 16_384, 16_777_215),
+        ];
+        for (key, value, min, max) in checks {
+            if value < min || value > max {
+                self.at_value(
+                    &[K("server"), K("http2"), K(key)],
+                    format!("server.http2.{key} = {value} is out of range ({min} to {max})"),
+                );
             }
         }
     }

@@ -89,10 +89,10 @@ impl KeySource {
     }
 }
 
-/// IPv4-mapped IPv6 addresses count as the IPv4 address; other IPv6 addresses are grouped
-/// by their /64 prefix, since one host usually holds a whole /64 and could otherwise take
-/// a fresh bucket per request.
-fn ip_bucket(ip: IpAddr) -> IpAddr {
+/// The address one client is counted under: IPv4-mapped IPv6 addresses count as the IPv4
+/// address; other IPv6 addresses are grouped by their /64 prefix, since one host usually
+/// holds a whole /64 and could otherwise take a fresh bucket (or connection slot) each time.
+pub fn ip_bucket(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => {

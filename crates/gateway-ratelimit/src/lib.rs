@@ -54,7 +54,7 @@ mod redis;
 
 pub use decision::{Decision, RATELIMIT, RATELIMIT_LIMIT, RATELIMIT_POLICY, RATELIMIT_REMAINING, RATELIMIT_RESET};
 pub use gcra::{Quota, QuotaError};
-pub use key::{KeySource, KeySourceError, LimitKey, MAX_KEY_LEN};
+pub use key::{ip_bucket, KeySource, KeySourceError, LimitKey, MAX_KEY_LEN};
 pub use limiter::{LimitError, Limiter, ERROR_LOG_INTERVAL};
 pub use limits::{RateLimits, RouteLimits};
 pub use local::{DEFAULT_MAX_KEYS, SWEEP_INTERVAL};

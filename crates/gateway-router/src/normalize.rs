@@ -196,6 +196,51 @@ fn remove_dot_segments(path: &str) -> String {
 }
 
 #[cfg(test)]
+mod props {
+    //! The guarantees the router relies on, on generated paths made of the pieces that
+    //! matter (the same checks as the `normalize_path` fuzz target in `fuzz/`).
+    use proptest::prelude::*;
+
+    use super::normalize_path;
+
+    const PIECES: &[&str] = &[
+        "/", "a", "B", ".", "..", "%2e", "%2E%2e", "%252e", "%2F", "%5c", "\\", "%00", ";", ";x", "%41", "%7e", "~",
+        "%", "%g1", "#", "?", " ", "é", "//", "-_",
+    ];
+
+    fn path() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(PIECES), 0..12).prop_map(|pieces| format!("/{}", pieces.concat()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        #[test]
+        fn normal_paths_are_normal(raw in path()) {
+            let Ok(normal) = normalize_path(&raw) else { return Ok(()) };
+            let again = normalize_path(&normal);
+            prop_assert_eq!(again.as_deref(), Ok(&*normal), "idempotent");
+            for segment in normal.split('/') {
+                let segment = segment.split(';').next().unwrap_or_default();
+                prop_assert!(segment != "." && segment != "..", "dot segment left in {:?} from {:?}", normal, raw);
+            }
+            let upper = normal.to_ascii_uppercase();
+            for encoded in ["%2F", "%5C", "%00", "%2E"] {
+                prop_assert!(!upper.contains(encoded), "{} left in {:?} from {:?}", encoded, normal, raw);
+            }
+            prop_assert!(!normal.contains('\\'));
+        }
+
+        #[test]
+        fn arbitrary_strings_never_panic(chars in prop::collection::vec(any::<char>(), 0..64)) {
+            let raw = String::from_iter(chars);
+            let _ = normalize_path(&raw);
+            let _ = normalize_path(&format!("/{raw}"));
+        }
+    }
+}
+
+#[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;

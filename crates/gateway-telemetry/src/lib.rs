@@ -171,6 +171,15 @@ impl ServiceMetrics {
     }
 }
 
+/// Which cap refused a connection (`gateway_connections_refused_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedConnection {
+    /// `server.max_connections`.
+    GlobalLimit,
+    /// `server.max_connections_per_client`.
+    PerClientLimit,
+}
+
 /// Every metric of the process. Cheap to clone (an `Arc`).
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -187,6 +196,8 @@ struct Inner {
     connections_total: AtomicU64,
     tls_handshakes: AtomicU64,
     tls_handshake_failures: AtomicU64,
+    refused_global: AtomicU64,
+    refused_per_client: AtomicU64,
     trace: trace::TraceCounters,
 }
 
@@ -232,6 +243,15 @@ impl Metrics {
 
     pub fn tls_handshake(&self, ok: bool) {
         let counter = if ok { &self.inner.tls_handshakes } else { &self.inner.tls_handshake_failures };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a connection closed at accept because a cap was reached.
+    pub fn connection_refused(&self, reason: RefusedConnection) {
+        let counter = match reason {
+            RefusedConnection::GlobalLimit => &self.inner.refused_global,
+            RefusedConnection::PerClientLimit => &self.inner.refused_per_client,
+        };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -342,6 +362,16 @@ impl Metrics {
         );
         family(
             &mut out,
+            "gateway_connections_refused_total",
+            "counter",
+            "Client connections closed at accept, by the cap they hit.",
+            &[
+                ("reason=\"global_limit\"", load(&inner.refused_global)),
+                ("reason=\"per_client_limit\"", load(&inner.refused_per_client)),
+            ],
+        );
+        family(
+            &mut out,
             "gateway_tls_handshakes_total",
             "counter",
             "TLS handshakes, by result.",
@@ -385,5 +415,15 @@ mod tests {
         assert!(text.contains(r#"gateway_requests_total{route="a",method="GET",status="4xx"} 1"#), "{text}");
         assert!(text.contains(r#"gateway_request_duration_seconds_bucket{route="a",le="0.0025"} 2"#), "{text}");
         assert!(text.contains(r#"gateway_request_duration_seconds_count{route="a"} 3"#), "{text}");
+    }
+
+    #[test]
+    fn refused_connections_are_counted_by_reason() {
+        let metrics = Metrics::new();
+        metrics.connection_refused(RefusedConnection::PerClientLimit);
+        metrics.connection_refused(RefusedConnection::PerClientLimit);
+        let text = metrics.render();
+        assert!(text.contains(r#"gateway_connections_refused_total{reason="per_client_limit"} 2"#), "{text}");
+        assert!(text.contains(r#"gateway_connections_refused_total{reason="global_limit"} 0"#), "{text}");
     }
 }

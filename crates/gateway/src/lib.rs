@@ -13,9 +13,11 @@
 mod access_log;
 mod admin;
 mod aggregate;
+mod conn_limit;
 mod cors;
 pub mod demo;
 mod idle;
+mod keepalive;
 mod publish;
 mod runtime;
 mod server;
@@ -25,6 +27,12 @@ mod subscriptions;
 mod time;
 mod tls;
 mod upstream;
+
+/// The raw-input parsers, for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::strict::{HeadScanner, HeadVerdict, Verdicts};
+}
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,6 +58,8 @@ pub struct Shared {
     pub registry: gateway_registry::Registry,
     /// The tokio runtimes serving this gateway (`main`, `worker-N`), for their metrics.
     pub runtimes: Mutex<Vec<(String, tokio::runtime::Handle)>>,
+    /// Open client connections, counted for `server.max_connections[_per_client]`.
+    pub connections: Arc<conn_limit::ConnectionLimits>,
 }
 
 /// Why the gateway could not start.
@@ -300,6 +310,7 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
         tls,
         registry,
         runtimes: Mutex::new(vec![("main".to_owned(), tokio::runtime::Handle::current())]),
+        connections: Arc::default(),
     });
     let control = Arc::new_cyclic(|weak| {
         let view = admin::AdminView { shared: shared.clone(), control: weak.clone() };

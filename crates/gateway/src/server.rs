@@ -2,10 +2,14 @@
 //! `SO_REUSEPORT` listener. In clear: HTTP/1.1, or h2c when the connection opens with the
 //! HTTP/2 preface. Over TLS: HTTP/2 or HTTP/1.1 as ALPN chose.
 
-use std::net::SocketAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{Method, Request};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -14,6 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::conn_limit::{Caps, Permit};
+use crate::keepalive::{ConnClock, Expiry, Timers, Tracked};
 use crate::service::{handle, ConnInfo};
 use crate::strict::{StrictIo, Verdicts};
 use crate::Shared;
@@ -53,9 +59,17 @@ pub async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, mut shu
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    connections.spawn(serve_connection(stream, peer, shared.clone(), shutdown.clone()));
-                }
+                Ok((stream, peer)) => match admit(&shared, peer.ip()) {
+                    Ok(permit) => {
+                        connections.spawn(serve_connection(stream, peer, permit, shared.clone(), shutdown.clone()));
+                    }
+                    Err(reason) => {
+                        shared.metrics.connection_refused(reason);
+                        // A reset rather than a FIN: no TIME_WAIT left behind per refusal.
+                        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                        drop(stream);
+                    }
+                },
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -75,7 +89,24 @@ pub async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, mut shu
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+/// Take a slot for a connection from `peer` under the caps of the running configuration.
+fn admit(shared: &Shared, peer: IpAddr) -> Result<Permit, gateway_telemetry::RefusedConnection> {
+    let runtime = shared.runtime.load();
+    let server = &runtime.config.server;
+    let trusted = runtime.trusted_proxies.iter().any(|net| net.contains(peer.to_canonical()));
+    let caps =
+        Caps { total: server.max_connections, per_client: (!trusted).then_some(server.max_connections_per_client) };
+    shared.connections.acquire(peer, caps)
+}
+
+/// `_permit` holds the connection's slot under the caps until it closes.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    _permit: Permit,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
     let _ = stream.set_nodelay(true);
     shared.metrics.connection_opened();
     let _guard = ConnGuard(shared.clone());
@@ -112,62 +143,96 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
 }
 
 /// Serve HTTP/2 or HTTP/1.1 on an accepted (and, for TLS, handshaken) connection until
-/// it closes or shutdown asks it to finish.
+/// it closes, a timer of [`keepalive`](crate::keepalive) runs out, or shutdown asks it to
+/// finish.
 async fn serve_http<I>(io: I, is_h2: bool, conn: ConnInfo, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let server_cfg = shared.runtime.load().config.server.clone();
-    if is_h2 {
-        let svc_shared = shared.clone();
-        let svc = service_fn(move |req| Box::pin(handle(req, conn, None, svc_shared.clone())));
-        let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(server_cfg.http2.max_concurrent_streams)
-            .max_header_list_size(server_cfg.http2.max_header_list_bytes)
-            // Rapid-reset (CVE-2023-44487) and CONTINUATION floods: hyper/h2 bound these;
-            // keep the bounds explicit.
-            .max_pending_accept_reset_streams(Some(50))
-            .max_local_error_reset_streams(Some(256))
-            // WebSockets over HTTP/2 (RFC 8441 extended CONNECT).
-            .enable_connect_protocol()
-            .keep_alive_interval(Some(server_cfg.idle_timeout.get()))
-            .keep_alive_timeout(Duration::from_secs(20));
-        let conn = builder.serve_connection(TokioIo::new(io), svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = shutdown.changed() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+    let (header, idle) = (server_cfg.header_read_timeout.get(), server_cfg.idle_timeout.get());
+    let timers = Timers { header, idle, first_request: if is_h2 { idle } else { header } };
+    let clock = ConnClock::new();
+    // HTTP/1 only: the head inspector sees the raw bytes hyper parses, so ambiguities
+    // hyper would smooth over (CL with TE, `#`, bare LF) still get their 400.
+    let verdicts = (!is_h2).then(Verdicts::default);
+    let svc = {
+        let (clock, verdicts) = (clock.clone(), verdicts.clone());
+        service_fn(move |mut req: Request<Incoming>| {
+            let in_flight = clock.request();
+            if req.method() == Method::CONNECT {
+                // A tunnel outlives its response: the service keeps this until it closes.
+                req.extensions_mut().insert(in_flight.clone());
             }
+            // Boxed: the request future is large (every route action lives in it), and
+            // hyper keeps the service future inline in each connection, idle ones included.
+            let answer = Box::pin(handle(req, conn, verdicts.clone(), shared.clone()));
+            async move { Ok::<_, hyper::Error>(answer.await?.map(|body| Tracked::new(body, in_flight))) }
+        })
+    };
+    match verdicts {
+        None => {
+            let h2 = &server_cfg.http2;
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(h2.max_concurrent_streams)
+                .max_header_list_size(h2.max_header_list_bytes)
+                // Rapid reset (CVE-2023-44487): streams reset before they were accepted,
+                // and streams the gateway reset for protocol errors, past these: GOAWAY.
+                .max_pending_accept_reset_streams(Some(h2.max_pending_accept_reset_streams as usize))
+                .max_local_error_reset_streams(Some(h2.max_local_error_reset_streams as usize))
+                .initial_stream_window_size(h2.initial_stream_window_bytes)
+                .initial_connection_window_size(h2.initial_connection_window_bytes)
+                .adaptive_window(false)
+                .max_frame_size(h2.max_frame_bytes)
+                // WebSockets over HTTP/2 (RFC 8441 extended CONNECT).
+                .enable_connect_protocol()
+                .keep_alive_interval(Some(idle))
+                .keep_alive_timeout(Duration::from_secs(20));
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
+            tokio::pin!(conn);
+            drive(conn, |c| c.graceful_shutdown(), &clock, timers, &mut shutdown).await;
         }
-    } else {
-        // The head inspector sees the raw bytes hyper parses, so ambiguities hyper would
-        // smooth over (CL with TE, `#`, bare LF) still get their 400.
-        let verdicts = Verdicts::default();
-        let io = StrictIo::new(io, verdicts.clone());
-        let svc_shared = shared.clone();
-        // Boxed: the request future is large (every route action lives in it), and hyper
-        // keeps the service future inline in each connection, idle ones included.
-        let svc = service_fn(move |req| Box::pin(handle(req, conn, Some(verdicts.clone()), svc_shared.clone())));
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(server_cfg.header_read_timeout.get())
-            .max_buf_size(parser_buffer(server_cfg.max_header_bytes.get()))
-            .keep_alive(true);
-        let conn = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = shutdown.changed() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
+        Some(verdicts) => {
+            let io = StrictIo::new(io, verdicts, clock.clone());
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                // The clock does this, from a head's first byte rather than from the end
+                // of the previous response (which is idle time).
+                .header_read_timeout(None)
+                .max_buf_size(parser_buffer(server_cfg.max_header_bytes.get()))
+                .keep_alive(true);
+            let conn = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
+            tokio::pin!(conn);
+            drive(conn, |c| c.graceful_shutdown(), &clock, timers, &mut shutdown).await;
         }
     }
+}
+
+/// Run `conn` to its end. A head that took too long drops it; idleness and shutdown ask
+/// it to finish gracefully (HTTP/1.1: close once idle; HTTP/2: GOAWAY, then the open
+/// streams finish).
+async fn drive<C: Future>(
+    mut conn: Pin<&mut C>,
+    graceful: impl FnOnce(Pin<&mut C>),
+    clock: &ConnClock,
+    timers: Timers,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        expiry = clock.expired(timers) => {
+            if expiry == Expiry::Head {
+                tracing::debug!("request head not received within header_read_timeout; closing");
+                return;
+            }
+        }
+        _ = shutdown.changed() => {}
+    }
+    graceful(conn.as_mut());
+    let _ = conn.await;
 }
 
 /// hyper's read buffer limit: well above `max_header_bytes`, so that heads a little over

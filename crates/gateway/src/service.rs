@@ -287,6 +287,8 @@ async fn proxy(
     // once the upstream answered 101.
     let upgrade = upgrade_protocol(&req);
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    // HTTP/2: the tunnel is one stream of a connection that must not look idle under it.
+    let tunnel_in_flight = req.extensions_mut().remove::<crate::keepalive::InFlight>();
 
     let upstream_path = runtime.routes.upstream_path(&matched, &path);
     let path_and_query = match uri.query() {
@@ -432,7 +434,11 @@ async fn proxy(
                     response.headers_mut().insert(UPGRADE, protocol);
                 }
             }
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, runtime.idle_timeout));
+            let idle = runtime.idle_timeout;
+            tokio::spawn(async move {
+                tunnel(client_upgrade, upstream_upgrade, idle).await;
+                drop(tunnel_in_flight);
+            });
         }
         (Some(_), false) if h2_websocket => {}
         (Some(_), false) => {

@@ -28,6 +28,8 @@ use std::task::{ready, Context, Poll};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::keepalive::ConnClock;
+
 /// Past this size a head is refused by hyper anyway, so scanning further would only
 /// cost work. It must be at least hyper's read buffer (`max_buf_size`, at most 1 MiB
 /// as `server.rs` sets it): a head hyper can parse but the scanner gave up on would get
@@ -102,17 +104,19 @@ impl Verdicts {
 
 pin_project! {
     /// An I/O stream whose reads are scanned by a [`HeadScanner`]; writes pass through.
+    /// The connection's clock learns where heads start and end.
     pub struct StrictIo<T> {
         #[pin]
         inner: T,
         scanner: HeadScanner,
         verdicts: Verdicts,
+        clock: ConnClock,
     }
 }
 
 impl<T> StrictIo<T> {
-    pub fn new(inner: T, verdicts: Verdicts) -> Self {
-        Self { inner, scanner: HeadScanner::default(), verdicts }
+    pub fn new(inner: T, verdicts: Verdicts, clock: ConnClock) -> Self {
+        Self { inner, scanner: HeadScanner::default(), verdicts, clock }
     }
 }
 
@@ -123,6 +127,7 @@ impl<T: AsyncRead> AsyncRead for StrictIo<T> {
         ready!(this.inner.poll_read(cx, buf))?;
         // Only the bytes this read added: what was filled before was scanned already.
         this.scanner.scan(&buf.filled()[before..], this.verdicts);
+        this.clock.head_progress(this.scanner.in_head());
         Poll::Ready(Ok(()))
     }
 }
@@ -180,6 +185,11 @@ impl Default for State {
 }
 
 impl HeadScanner {
+    /// Whether part of a request head has arrived and its end has not.
+    pub fn in_head(&self) -> bool {
+        matches!(&self.state, State::Head(head) if head.bytes > 0)
+    }
+
     /// Scan the next bytes of the stream, pushing a verdict for each head that ends
     /// (or goes wrong) within them.
     pub fn scan(&mut self, mut bytes: &[u8], verdicts: &Verdicts) {
@@ -610,6 +620,9 @@ fn hex_digit(byte: u8) -> Option<u64> {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::HeadProblem::*;
@@ -659,6 +672,19 @@ mod tests {
         let mut problems = vec![None; clean_heads];
         problems.push(Some(problem));
         Outcome { problems, passthrough: true, at_boundary: false }
+    }
+
+    #[test]
+    fn in_head_from_first_byte_to_the_empty_line() {
+        let verdicts = Verdicts::default();
+        let mut scanner = HeadScanner::default();
+        assert!(!scanner.in_head());
+        scanner.scan(b"P", &verdicts);
+        assert!(scanner.in_head());
+        scanner.scan(b"OST / HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n", &verdicts);
+        assert!(!scanner.in_head(), "the head is complete; the body is not a head");
+        scanner.scan(b"okG", &verdicts);
+        assert!(scanner.in_head(), "a pipelined head started");
     }
 
     #[test]
@@ -832,7 +858,7 @@ mod tests {
                              GET /c#d HTTP/1.1\r\n\r\n";
         let (mut client, server) = tokio::io::duplex(7);
         let verdicts = Verdicts::default();
-        let mut io = StrictIo::new(server, verdicts.clone());
+        let mut io = StrictIo::new(server, verdicts.clone(), ConnClock::new());
 
         let writer = tokio::spawn(async move {
             client.write_all(input).await.unwrap();
@@ -870,7 +896,7 @@ mod tests {
 
         let (mut client, server) = tokio::io::duplex(1024);
         let verdicts = Verdicts::default();
-        let io = hyper_util::rt::TokioIo::new(StrictIo::new(server, verdicts.clone()));
+        let io = hyper_util::rt::TokioIo::new(StrictIo::new(server, verdicts.clone(), ConnClock::new()));
         let service = hyper::service::service_fn(move |_request| {
             let response = match verdicts.pop().problem {
                 Some(problem) => http::Response::builder()

@@ -5,9 +5,11 @@
 mod aggregate;
 mod attacks;
 mod auth;
+mod connections;
 mod events;
 mod framing;
 mod grpc;
+mod h2_attacks;
 mod lifecycle;
 mod observability;
 mod protocols;

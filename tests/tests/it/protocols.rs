@@ -445,14 +445,16 @@ async fn websocket_echo_and_closes_both_ways() {
     }
 }
 
-/// RFC 8441: a WebSocket over HTTP/2 (extended CONNECT with `:protocol = websocket`) is
-/// accepted from clients and carried to an HTTP/1.1 upstream as a classic Upgrade.
-#[tokio::test]
-async fn websocket_over_http2_extended_connect() {
-    let (addr, mut closes) = ws_echo_server().await;
-    let gw = TestGateway::start(&one_route(&format!("http://{addr}"), "")).await;
-    let mut h2 = h2_client::<_, Empty<Bytes>>(TcpStream::connect(gw.addr).await.unwrap()).await;
-    let req = Request::connect(format!("http://{}/chat", gw.addr))
+/// An HTTP/2 connection to `gw` with a WebSocket opened on it by extended CONNECT
+/// (checked: 200, no HTTP/1.1 handshake headers).
+async fn h2_websocket(
+    gw: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
+) {
+    let mut h2 = h2_client::<_, Empty<Bytes>>(TcpStream::connect(gw).await.unwrap()).await;
+    let req = Request::connect(format!("http://{gw}/chat"))
         .version(Version::HTTP_2)
         .header("sec-websocket-version", "13")
         .extension(hyper::ext::Protocol::from_static("websocket"))
@@ -462,12 +464,17 @@ async fn websocket_over_http2_extended_connect() {
     assert_eq!(resp.status(), StatusCode::OK, "{:?}", resp.headers());
     assert!(resp.headers().get("sec-websocket-accept").is_none(), "no HTTP/1.1 handshake headers in HTTP/2");
     let io = within("upgrade", hyper::upgrade::on(resp)).await.unwrap();
-    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-        TokioIo::new(io),
-        tokio_tungstenite::tungstenite::protocol::Role::Client,
-        None,
-    )
-    .await;
+    let role = tokio_tungstenite::tungstenite::protocol::Role::Client;
+    (h2, tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(io), role, None).await)
+}
+
+/// RFC 8441: a WebSocket over HTTP/2 (extended CONNECT with `:protocol = websocket`) is
+/// accepted from clients and carried to an HTTP/1.1 upstream as a classic Upgrade.
+#[tokio::test]
+async fn websocket_over_http2_extended_connect() {
+    let (addr, mut closes) = ws_echo_server().await;
+    let gw = TestGateway::start(&one_route(&format!("http://{addr}"), "")).await;
+    let (mut h2, mut ws) = h2_websocket(gw.addr).await;
     ws.send(Message::text("over h2")).await.unwrap();
     assert_eq!(within("echo over h2", ws.next()).await.unwrap().unwrap(), Message::text("over h2"));
     ws.close(Some(CloseFrame { code: CloseCode::Away, reason: "h2 done".into() })).await.unwrap();
@@ -525,6 +532,25 @@ async fn websocket_handshakes_pass_auth_and_rate_limits() {
         }
         other => panic!("expected 429, got {:?}", other.map(|(_, r)| r.status())),
     }
+}
+
+/// A WebSocket over HTTP/2 is a request in flight for as long as it runs: its connection
+/// does not get the idle GOAWAY under it, and other streams keep working.
+#[tokio::test]
+async fn an_http2_websocket_keeps_its_connection_from_idling() {
+    let (addr, _closes) = ws_echo_server().await;
+    let gw =
+        TestGateway::start_with_server(&one_route(&format!("http://{addr}"), ""), "idle_timeout = \"400ms\"").await;
+    let (mut h2, mut ws) = h2_websocket(gw.addr).await;
+    // Three idle timeouts long, with traffic on the tunnel only.
+    for i in 0..8 {
+        ws.send(Message::text(format!("{i}"))).await.unwrap();
+        assert_eq!(within("echo", ws.next()).await.unwrap().unwrap(), Message::text(format!("{i}")));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let plain = Request::get(format!("http://{}/plain", gw.addr)).body(Empty::new()).unwrap();
+    let answer = within("another stream on the same connection", h2.send_request(plain)).await;
+    assert!(answer.is_ok(), "the connection was not shut down as idle: {answer:?}");
 }
 
 #[tokio::test]
