@@ -52,8 +52,8 @@ pub use runtime::{BuildEnv, Runtime};
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     pub metrics: Metrics,
-    /// TLS termination, when `server.tls` was set at start.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// TLS termination while `server.tls` is set; a reload may turn it on or off.
+    pub tls: arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>,
     /// Instances registered through the registry API (`memory` or `etcd` store); lives across reloads.
     pub registry: gateway_registry::Registry,
     /// The tokio runtimes serving this gateway (`main`, `worker-N`), for their metrics.
@@ -158,12 +158,55 @@ struct Control {
     version: AtomicU64,
     reloading: tokio::sync::Mutex<()>,
     /// The listener's SNI resolver; reloads swap the certificates it holds.
-    certs: Option<Arc<tls::CertResolver>>,
+    certs: Mutex<Option<Arc<tls::CertResolver>>>,
+    /// One channel per worker: a changed `server.listen` sends each its new listener.
+    rebind: Vec<tokio::sync::mpsc::UnboundedSender<std::net::TcpListener>>,
+    /// The address the workers accept on now.
+    addr: Mutex<SocketAddr>,
     /// Queue consumers; kept across reloads while their definitions hold.
     subscriptions: Mutex<Vec<subscriptions::Running>>,
 }
 
 impl Control {
+    /// Swap the certificates, or turn TLS on or off, for connections accepted from now on.
+    fn apply_tls(
+        &self,
+        certificates: Option<tls::Certificates>,
+        tls_on: Option<(Arc<tls::CertResolver>, tokio_rustls::TlsAcceptor)>,
+    ) {
+        let mut current = self.certs.lock().unwrap_or_else(|e| e.into_inner());
+        match (tls_on, certificates) {
+            (Some((resolver, acceptor)), _) => {
+                *current = Some(resolver);
+                self.shared.tls.store(Some(Arc::new(acceptor)));
+                tracing::info!("TLS turned on for new connections");
+            }
+            (None, Some(certs)) => {
+                if let Some(resolver) = current.as_ref() {
+                    resolver.replace(certs);
+                }
+            }
+            (None, None) => {
+                if current.take().is_some() {
+                    self.shared.tls.store(None);
+                    tracing::info!("TLS turned off for new connections");
+                }
+            }
+        }
+    }
+
+    /// Hand each worker its listener on the new address; each drops its old one (which
+    /// stops accepting) while the connections it accepted finish as they would.
+    fn apply_listeners(&self, listeners: Vec<std::net::TcpListener>) {
+        if let Ok(addr) = listeners[0].local_addr() {
+            *self.addr.lock().unwrap_or_else(|e| e.into_inner()) = addr;
+            tracing::info!(%addr, "listening on the new address");
+        }
+        for (worker, listener) in self.rebind.iter().zip(listeners) {
+            let _ = worker.send(listener);
+        }
+    }
+
     fn subscription_metrics(&self) -> Vec<(String, Arc<gateway_events::SubscriptionMetrics>)> {
         subscriptions::metrics(&self.subscriptions.lock().unwrap_or_else(|e| e.into_inner()))
     }
@@ -202,16 +245,42 @@ impl Control {
             }
         };
         let old = self.shared.runtime.load_full();
-        if loaded.config.server.listen != old.config.server.listen || loaded.config.admin != old.config.admin {
-            tracing::warn!("listener addresses changed: they take effect at the next restart");
+        if loaded.config.admin.listen != old.config.admin.listen {
+            tracing::warn!("admin.listen changes take effect at the next restart");
         }
-        match (&self.certs, loaded.certificates) {
-            (Some(resolver), Some(certs)) => resolver.replace(certs),
-            (None, Some(_)) | (Some(_), None) => {
-                tracing::warn!("turning TLS on or off takes effect at the next restart");
+        // A new proxy address is bound now, before anything changes: if it cannot be,
+        // the reload fails and the old listeners keep serving.
+        let listen = loaded.config.server.listen;
+        let bound = *self.addr.lock().unwrap_or_else(|e| e.into_inner());
+        let listeners = if listen == old.config.server.listen || listen == bound {
+            None
+        } else {
+            match server::bind_listeners(listen, self.workers) {
+                Ok(listeners) => Some(listeners),
+                Err(e) => {
+                    let file = self.path.display().to_string();
+                    let errors = vec![ConfigError::at_start(&file, format!("cannot listen on {listen}: {e}"))];
+                    self.fail_reload(&errors);
+                    return Err(errors);
+                }
             }
-            (None, None) => {}
-        }
+        };
+        // TLS turned on: its server configuration is built now, for the same reason.
+        let tls_running = self.certs.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        let (certificates, tls_on) = match (loaded.certificates, tls_running) {
+            (Some(certs), false) => {
+                let resolver = Arc::new(tls::CertResolver::new(certs));
+                match tls::server_config(resolver.clone()) {
+                    Ok(config) => (None, Some((resolver, tokio_rustls::TlsAcceptor::from(config)))),
+                    Err(e) => {
+                        let errors = vec![ConfigError::at_start(&self.path.display().to_string(), e)];
+                        self.fail_reload(&errors);
+                        return Err(errors);
+                    }
+                }
+            }
+            (certificates, _) => (certificates, None),
+        };
         self.admin.set_token(loaded.config.admin.token.clone());
         let running = &old.config.registry;
         if loaded.config.registry.store != running.store || loaded.config.registry.etcd != running.etcd {
@@ -237,6 +306,10 @@ impl Control {
         };
         let runtime = Arc::new(runtime);
         self.shared.runtime.store(runtime.clone());
+        self.apply_tls(certificates, tls_on);
+        if let Some(listeners) = listeners {
+            self.apply_listeners(listeners);
+        }
         subscriptions::reconcile(
             &mut self.subscriptions.lock().unwrap_or_else(|e| e.into_inner()),
             &runtime,
@@ -307,11 +380,13 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(runtime),
         metrics: metrics.clone(),
-        tls,
+        tls: arc_swap::ArcSwapOption::from(tls.map(Arc::new)),
         registry,
         runtimes: Mutex::new(vec![("main".to_owned(), tokio::runtime::Handle::current())]),
         connections: Arc::default(),
     });
+    let (rebind, mut rebound): (Vec<_>, Vec<_>) =
+        (0..listeners.len()).map(|_| tokio::sync::mpsc::unbounded_channel()).unzip();
     let control = Arc::new_cyclic(|weak| {
         let view = admin::AdminView { shared: shared.clone(), control: weak.clone() };
         let admin = AdminState::new(metrics, Arc::new(view), admin_token);
@@ -324,7 +399,9 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
             hash: Mutex::new(Some(loaded.hash)),
             version: AtomicU64::new(1),
             reloading: tokio::sync::Mutex::new(()),
-            certs,
+            certs: Mutex::new(certs),
+            rebind,
+            addr: Mutex::new(addr),
             subscriptions: Mutex::new(Vec::new()),
         }
     });
@@ -339,6 +416,7 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
     let mut threads = Vec::with_capacity(workers);
     for (index, listener) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
+        let rebind = rebound.remove(0);
         let shutdown = shutdown_rx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("gateway-worker-{index}"))
@@ -356,7 +434,7 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push((format!("worker-{index}"), rt.handle().clone()));
-                rt.block_on(server::serve(listener, shared, shutdown));
+                rt.block_on(server::serve(listener, rebind, shared, shutdown));
             })
             .map_err(|source| StartError::Listen { addr, source })?;
         threads.push(thread);
@@ -440,7 +518,7 @@ enum Trigger {
 
 impl Control {
     async fn reload_certificates(&self) {
-        let Some(resolver) = &self.certs else { return };
+        let Some(resolver) = self.certs.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
         let runtime = self.shared.runtime.load_full();
         let Some(setting) = runtime.config.server.tls.clone() else { return };
         let base = config_dir(&self.path);
@@ -461,6 +539,12 @@ impl GatewayHandle {
     /// Reload the configuration file now. `Ok(version)`; an unchanged file keeps its version.
     pub async fn reload(&self) -> Result<u64, Vec<ConfigError>> {
         self.control.reload_now().await
+    }
+
+    /// The address the proxy accepts on now: [`addr`](Self::addr) until a reload changes
+    /// `server.listen`.
+    pub fn local_addr(&self) -> SocketAddr {
+        *self.control.addr.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn metrics(&self) -> &Metrics {

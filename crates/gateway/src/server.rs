@@ -46,9 +46,16 @@ pub fn bind_listeners(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<s
 }
 
 /// Accept and serve until `shutdown` turns true, then drain the open connections for at
-/// most `grace`. Runs on one worker's current-thread runtime.
-pub async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let listener = match TcpListener::from_std(listener) {
+/// most `grace`. A listener arriving on `rebind` (a reload changed `server.listen`)
+/// replaces the current one; connections already accepted go on. Runs on one worker's
+/// current-thread runtime.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    mut rebind: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpListener>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "cannot register listener");
@@ -77,6 +84,10 @@ pub async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, mut shu
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(next) = rebind.recv() => match TcpListener::from_std(next) {
+                Ok(next) => listener = next,
+                Err(e) => tracing::error!(error = %e, "cannot register the new listener; keeping the old one"),
+            },
             _ = shutdown.changed() => break,
         }
     }
@@ -112,7 +123,7 @@ async fn serve_connection(
     let _guard = ConnGuard(shared.clone());
     let header_timeout = shared.runtime.load().config.server.header_read_timeout.get();
 
-    match shared.tls.clone() {
+    match shared.tls.load_full() {
         None => {
             let is_h2 = match tokio::time::timeout(header_timeout, sniff_h2(&stream)).await {
                 Ok(Ok(is_h2)) => is_h2,

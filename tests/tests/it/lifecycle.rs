@@ -356,3 +356,63 @@ async fn dashboard_shows_routes_and_an_open_circuit_in_a_browser() {
     browser.quit().await;
     handle.shutdown().await;
 }
+
+/// A changed `server.listen` is bound on reload, before the old listener closes: new
+/// connections go to the new address, a request in flight on the old one finishes.
+#[tokio::test]
+async fn a_changed_listen_address_applies_without_dropping_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start().await;
+    let gw = TestGateway::start(&config(&backend, "/")).await;
+    let old = gw.addr;
+    // A slow request in flight on the old address.
+    let mut in_flight = tokio::net::TcpStream::connect(old).await.unwrap();
+    in_flight.write_all(b"GET /slow/800 HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").await.unwrap();
+    while backend.seen().is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        config(&backend, "/")
+    );
+    std::fs::write(&gw.config_path, text).unwrap();
+    assert_eq!(gw.handle().reload().await.unwrap(), 2);
+    let new = gw.handle().local_addr();
+    assert_eq!(new.port(), port);
+    assert_eq!(gateway_tests::send(new, gateway_tests::get_with("/x", &[])).await.status, 200);
+    assert!(tokio::net::TcpStream::connect(old).await.is_err(), "the old address still accepts");
+
+    let mut answer = String::new();
+    in_flight.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "the request in flight was dropped: {answer:?}");
+
+    // An address that cannot be bound fails the reload; the current one keeps serving.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = format!(
+        "[server]\nlisten = \"{}\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        taken.local_addr().unwrap(),
+        config(&backend, "/")
+    );
+    std::fs::write(&gw.config_path, text).unwrap();
+    let errors = gw.handle().reload().await.unwrap_err();
+    assert!(errors[0].message.contains("cannot listen"), "{}", errors[0]);
+    assert_eq!(gateway_tests::send(new, gateway_tests::get_with("/x", &[])).await.status, 200);
+}
+
+/// TLS turned on by a reload: new connections on the same address are TLS from then on.
+#[tokio::test]
+async fn tls_can_be_turned_on_by_a_reload() {
+    let backend = Backend::start().await;
+    let gw = TestGateway::start(&config(&backend, "/")).await;
+    assert_eq!(gw.get("/x").await.status, 200);
+    let ca = gateway_tests::TestCa::new("reload CA");
+    ca.leaf(&["gateway.test"]).write(gw.dir(), "gw.pem", "gw-key.pem");
+    let text = TestGateway::full_config(&config(&backend, "/"), "tls = { cert = \"gw.pem\", key = \"gw-key.pem\" }")
+        .replace("listen = \"127.0.0.1:0\"\nworkers", &format!("listen = \"{}\"\nworkers", gw.addr));
+    std::fs::write(&gw.config_path, text).unwrap();
+    assert_eq!(gw.handle().reload().await.unwrap(), 2);
+    let tls = gateway_tests::tls_connect(gw.addr, "gateway.test", ca.client_config(&["http/1.1"])).await;
+    assert!(tls.is_ok(), "no TLS after the reload: {:?}", tls.err());
+}
