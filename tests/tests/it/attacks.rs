@@ -137,3 +137,36 @@ async fn a_slowloris_head_is_cut_off() {
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(backend.seen().is_empty());
 }
+
+/// Chunk-extension and chunk-size tricks that make naive parsers disagree on where a
+/// chunked body ends: each gets one 400 and a closed connection, no request hidden in a
+/// body ever reaches the backend as a request of its own, and the gateway keeps serving.
+#[tokio::test]
+async fn chunk_tricks_never_smuggle_a_request() {
+    let (public, _admin, gw) = setup().await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n";
+    let bodies = [
+        // an extension ended by a bare LF
+        format!("5;a=b\nhello\r\n0\r\n\r\n{smuggled}"),
+        // a quoted extension holding CRLF and a whole request
+        format!("5;a=\"\r\n0\r\n\r\n{smuggled}\"\r\nhello\r\n0\r\n\r\n"),
+        // a size that overflows 64 bits, and one with a 0x prefix
+        format!("fffffffffffffffff5\r\nhello\r\n0\r\n\r\n{smuggled}"),
+        format!("0x5\r\nhello\r\n0\r\n\r\n{smuggled}"),
+        // a last chunk ended by bare LFs
+        format!("0\n\n{smuggled}"),
+        // whitespace before the size
+        format!(" 5\r\nhello\r\n0\r\n\r\n{smuggled}"),
+    ];
+    for body in &bodies {
+        let attempt = format!("POST /upload HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n{body}");
+        let answer = raw(gw.addr, attempt.as_bytes(), Duration::from_secs(5)).await;
+        // One 400, then the connection closes (`raw` returned before its wait): the rest of
+        // the bytes are never read as another request.
+        assert!(answer.starts_with("HTTP/1.1 400"), "{body:?}: {answer:.200?}");
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{body:?}: {answer:.300?}");
+        let seen: Vec<String> = public.seen().iter().map(|s| s.target.clone()).collect();
+        assert!(!seen.iter().any(|t| t.contains("smuggled")), "smuggled past the gateway with {body:?}: {seen:?}");
+    }
+    still_serves(&gw).await;
+}
