@@ -433,3 +433,29 @@ service = "chaos"
         sent.iter().sum::<usize>()
     );
 }
+
+/// `discovery = "dns"` through the system resolver: `localhost` resolves (from
+/// /etc/hosts) to the loopback addresses, and the one the backend listens on serves.
+/// (`localhost` may also resolve to ::1, where nothing listens: retries and outlier
+/// ejection keep that from reaching the client.)
+#[tokio::test]
+async fn dns_discovery_resolves_localhost() {
+    let backend = Backend::start().await;
+    let config = format!(
+        "[services.named]\ndiscovery = \"dns\"\ndns = \"localhost:{}\"\nretry = {{ attempts = 2, retry_on = [\"connect_failure\"] }}\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nservice = \"named\"\n",
+        backend.addr.port()
+    );
+    let gw = TestGateway::start(&config).await;
+    let found = eventually(async || {
+        let services = gw.admin_get("/admin/services").await.json();
+        services.to_string().contains(&backend.addr.to_string())
+    })
+    .await;
+    assert!(found, "{}", gw.admin_get("/admin/services").await.json());
+    for i in 0..10 {
+        let resp = gw.get(&format!("/dns/{i}")).await;
+        assert_eq!(resp.status, 200, "{:?}", resp.body);
+    }
+    assert_eq!(backend.seen().len(), 10);
+}
