@@ -459,3 +459,55 @@ async fn dns_discovery_resolves_localhost() {
     }
     assert_eq!(backend.seen().len(), 10);
 }
+
+/// Active health checks take a dead endpoint out and bring it back once it answers again,
+/// while traffic flows: no request fails (a call caught by the kill is retried on the
+/// other endpoint), and the endpoint serves again after its return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_take_an_endpoint_out_and_back_under_traffic() {
+    let steady = Backend::start().await;
+    let mut flaky = ChaosBackend::start().await;
+    let config = format!(
+        "[services.pair]\nendpoints = [\"http://{}\", \"http://{}\"]\nconnect_timeout = \"200ms\"\n\
+         health_check = {{ path = \"/status/200\", interval = \"100ms\", timeout = \"200ms\", healthy_threshold = 2, unhealthy_threshold = 2 }}\n\
+         retry = {{ attempts = 2, retry_on = [\"connect_failure\", \"reset\", \"502\"] }}\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nservice = \"pair\"\n",
+        steady.addr, flaky.addr
+    );
+    let gw = Arc::new(TestGateway::start(&config).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let traffic = {
+        let (gw, stop, failures) = (gw.clone(), stop.clone(), failures.clone());
+        tokio::spawn(async move {
+            let mut sent = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                match try_get(gw.addr, "/work").await {
+                    Ok((status, _)) if status == 200 => {}
+                    Ok((status, body)) => failures.lock().unwrap().push(format!("{status} {body:?}")),
+                    Err(e) => failures.lock().unwrap().push(e),
+                }
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sent
+        })
+    };
+    let healthy = |gw: Arc<TestGateway>, addr: SocketAddr, want: bool| async move {
+        eventually(async || endpoint_view(&gw, addr).await["healthy"] == want).await
+    };
+    assert!(healthy(gw.clone(), flaky.addr, true).await);
+    flaky.kill().await;
+    assert!(healthy(gw.clone(), flaky.addr, false).await, "the dead endpoint stayed in");
+    let hits_while_out = flaky.hits();
+    flaky.restart().await;
+    assert!(healthy(gw.clone(), flaky.addr, true).await, "the endpoint never came back");
+    assert!(
+        eventually(async || flaky.hits() > hits_while_out + 5).await,
+        "no traffic reached the endpoint after its return"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let sent = traffic.await.unwrap();
+    let failures = failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "{} of {sent} requests failed: {failures:?}", failures.len());
+}
