@@ -245,9 +245,9 @@ async fn supervise(inner: Arc<Inner>, url: String, options: BrokerOptions, mut s
                 let connection = Arc::new(connection);
                 if ever_connected {
                     inner.metrics.connected_again();
-                    tracing::info!(broker = %name, "reconnected");
+                    tracing::info!(event = "broker", broker = %name, state = "connected", "reconnected");
                 } else {
-                    tracing::info!(broker = %name, "connected");
+                    tracing::info!(event = "broker", broker = %name, state = "connected", "connected");
                 }
                 ever_connected = true;
                 failures = 0;
@@ -270,7 +270,7 @@ async fn supervise(inner: Arc<Inner>, url: String, options: BrokerOptions, mut s
                     break;
                 }
                 set_state(BrokerState::Reconnecting);
-                tracing::warn!(broker = %name, "connection lost; reconnecting");
+                tracing::warn!(event = "broker", broker = %name, state = "reconnecting", "connection lost; reconnecting");
             }
             Ok(Err(e)) => {
                 if failures == 0 {

@@ -70,9 +70,9 @@ impl NatsBroker {
                     match event {
                         async_nats::Event::Connected if connections.fetch_add(1, Ordering::Relaxed) > 0 => {
                             counted.connected_again();
-                            tracing::info!(%broker, "reconnected");
+                            tracing::info!(event = "broker", %broker, state = "connected", "reconnected");
                         }
-                        async_nats::Event::Disconnected => tracing::warn!(%broker, "connection lost; reconnecting"),
+                        async_nats::Event::Disconnected => tracing::warn!(event = "broker", %broker, state = "reconnecting", "connection lost; reconnecting"),
                         _ => {}
                     }
                 }
@@ -92,7 +92,7 @@ impl NatsBroker {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if client.connection_state() == State::Connected {
-            tracing::info!(broker = %name, "connected");
+            tracing::info!(event = "broker", broker = %name, state = "connected", "connected");
         } else {
             let timeout = options.connect_timeout;
             tracing::warn!(broker = %name, ?timeout, "not connected in time; retrying in the background");

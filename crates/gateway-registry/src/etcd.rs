@@ -247,7 +247,15 @@ impl EtcdRegistry {
         let stored = Stored { address: address.to_owned(), metadata, registered_at_ms, last_heartbeat_ms: now };
         let view = self.put(service, id, stored, lease).await?;
         if !renewed {
-            tracing::info!(service, id, address, lease, "instance registered in etcd");
+            tracing::info!(
+                event = "registry",
+                action = "registered",
+                service,
+                id,
+                address,
+                lease,
+                "instance registered in etcd"
+            );
         }
         Ok(if renewed { Registered::Renewed(view) } else { Registered::Created(view) })
     }
@@ -272,7 +280,7 @@ impl EtcdRegistry {
         let deleted = self.call("delete", client.delete(self.key(service, id), None)).await?;
         self.inner.mirror.remove(service, id);
         if deleted.deleted() > 0 {
-            tracing::info!(service, id, "instance deregistered from etcd");
+            tracing::info!(event = "registry", action = "deregistered", service, id, "instance deregistered from etcd");
         }
         Ok(deleted.deleted() > 0)
     }
@@ -292,8 +300,13 @@ impl Inner {
     fn set_status(&self, status: StoreStatus) {
         if **self.status.load() != status {
             match &status.error {
-                None => tracing::info!("etcd registry store connected"),
-                Some(error) => tracing::warn!(%error, "etcd registry store degraded; serving the last known instances"),
+                None => tracing::info!(event = "registry_store", state = "ok", "etcd registry store connected"),
+                Some(error) => tracing::warn!(
+                    event = "registry_store",
+                    state = "degraded",
+                    %error,
+                    "etcd registry store degraded; serving the last known instances"
+                ),
             }
             self.status.store(Arc::new(status));
         }
@@ -359,7 +372,13 @@ impl Inner {
                         let key = String::from_utf8_lossy(kv.key());
                         let rest = key.strip_prefix(prefix).and_then(|k| k.strip_prefix("services/"));
                         if let Some((service, id)) = rest.and_then(|r| r.split_once('/')) {
-                            tracing::info!(service, id, "instance gone from etcd");
+                            tracing::info!(
+                                event = "registry",
+                                action = "removed",
+                                service,
+                                id,
+                                "instance gone from etcd"
+                            );
                             self.mirror.remove(service, id);
                         }
                     }

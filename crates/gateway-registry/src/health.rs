@@ -316,11 +316,13 @@ pub(crate) async fn run(shared: Weak<Shared>, options: HealthCheckOptions) {
             let (healthy, unhealthy) = (prober.options.healthy_threshold, prober.options.unhealthy_threshold);
             match endpoint.record_probe(result.is_ok(), healthy, unhealthy) {
                 Some(true) => {
-                    tracing::info!(service = %name, endpoint = %endpoint.endpoint(), "endpoint healthy again")
+                    tracing::info!(event = "health", service = %name, endpoint = %endpoint.endpoint(), healthy = true, "endpoint healthy again")
                 }
                 Some(false) => tracing::warn!(
+                    event = "health",
                     service = %name,
                     endpoint = %endpoint.endpoint(),
+                    healthy = false,
                     reason = result.err().as_deref().unwrap_or(""),
                     "endpoint unhealthy"
                 ),

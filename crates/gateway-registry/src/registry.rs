@@ -318,7 +318,7 @@ impl MemoryRegistry {
             _ => {
                 let instance =
                     Instance { endpoint, weight, metadata, registered_at: wall, last_heartbeat: wall, seen: now };
-                tracing::info!(service, id, address, "instance registered");
+                tracing::info!(event = "registry", action = "registered", service, id, address, "instance registered");
                 entry.instances.insert(id.to_owned(), instance);
                 entry.publish();
                 false
@@ -344,7 +344,7 @@ impl MemoryRegistry {
         if expired {
             entry.instances.remove(id);
             entry.publish();
-            tracing::info!(service, id, "instance expired");
+            tracing::info!(event = "registry", action = "expired", service, id, "instance expired");
             return Err(not_found());
         }
         let instance = entry.instances.get_mut(id).ok_or_else(not_found)?;
@@ -363,7 +363,7 @@ impl MemoryRegistry {
         match entry.instances.remove(id) {
             Some(instance) => {
                 entry.publish();
-                tracing::info!(service, id, "instance deregistered");
+                tracing::info!(event = "registry", action = "deregistered", service, id, "instance deregistered");
                 Ok(!self.expired(&instance, now))
             }
             None => Ok(false),
@@ -422,7 +422,7 @@ impl MemoryRegistry {
             entry.instances.retain(|id, i| {
                 let keep = !self.expires || now.saturating_duration_since(i.seen) <= ttl;
                 if !keep {
-                    tracing::info!(service = %name, id = %id, "instance expired");
+                    tracing::info!(event = "registry", action = "expired", service = %name, id = %id, "instance expired");
                 }
                 keep
             });

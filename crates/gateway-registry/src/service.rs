@@ -458,8 +458,10 @@ impl ServiceEndpoints {
         }
         let backoff = endpoint.eject(now, &shared.passive);
         tracing::warn!(
+            event = "health",
             service = %shared.name,
             endpoint = %endpoint.endpoint(),
+            healthy = false,
             seconds = backoff.as_secs_f64(),
             "endpoint ejected after repeated connect failures"
         );

@@ -142,7 +142,7 @@ impl AdminSource for AdminView {
         };
         let now = Instant::now();
         if let Some(transition) = breaker.force(forced, now) {
-            tracing::warn!(service, endpoint = address, %transition, forced = forced.as_str(), "circuit forced by the admin API");
+            tracing::warn!(event = "circuit", service, endpoint = address, %transition, forced = forced.as_str(), "circuit forced by the admin API");
         }
         Ok(json!({
             "service": service,

@@ -218,7 +218,7 @@ impl Control {
         status.last_error = errors.first().map(ToString::to_string);
         self.admin.set_config_status(status);
         for e in errors {
-            tracing::error!(error = %e, "configuration reload failed; the previous configuration keeps serving");
+            tracing::error!(event = "reload", result = "error", error = %e, "configuration reload failed; the previous configuration keeps serving");
         }
     }
 
@@ -318,7 +318,7 @@ impl Control {
         *self.hash.lock().unwrap_or_else(|e| e.into_inner()) = Some(loaded.hash);
         self.shared.metrics.reload(true);
         self.admin.set_config_status(ConfigStatus { version, loaded_at: time::now_rfc3339(), last_error: None });
-        tracing::info!(version, "configuration reloaded");
+        tracing::info!(event = "reload", result = "ok", version, "configuration reloaded");
         Ok(Some(version))
     }
 }

@@ -226,7 +226,7 @@ fn pick(
         match breaker.try_acquire(now) {
             Ok(p) => {
                 if let Some(transition) = p.transition() {
-                    tracing::info!(service = %service.name, endpoint = endpoint.address(), %transition, "circuit");
+                    tracing::info!(event = "circuit", service = %service.name, endpoint = endpoint.address(), %transition, "circuit");
                 }
                 *permit.borrow_mut() = Some((breaker, p));
                 true
@@ -257,7 +257,7 @@ fn record(service: &ServiceRuntime, address: &str, permit: Admitted, success: bo
     if let Some((breaker, permit)) = permit {
         let outcome = if success { Outcome::Success } else { Outcome::Failure };
         if let Some(transition) = breaker.record(permit, outcome, Instant::now()) {
-            tracing::warn!(service = %service.name, endpoint = address, %transition, "circuit");
+            tracing::warn!(event = "circuit", service = %service.name, endpoint = address, %transition, "circuit");
         }
     }
 }

@@ -200,6 +200,58 @@ fn a_closed_log_pipe_never_takes_requests_down() {
     assert!(status.success(), "exit status {status:?}");
 }
 
+/// Operational events are single JSON log lines with an `event` field and the same fields
+/// each time: here a reload that worked (with its version) and one that failed.
+#[cfg(unix)]
+#[test]
+fn reloads_are_logged_as_structured_events() {
+    let config = "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                  [services.a]\nendpoints = [\"http://127.0.0.1:1\"]\n";
+    let path = temp_file("events", config);
+    let mut child = gateway()
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _kill = KillOnDrop(child.id());
+    let (lines_tx, lines) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(json) = serde_json::from_str(&line) {
+                if lines_tx.send(json).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let next_event = |name: &str| loop {
+        let line = lines.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("no `{name}` event"));
+        if line["fields"]["event"] == name || line["fields"]["message"] == "gateway started" && name == "started" {
+            return line;
+        }
+    };
+    next_event("started");
+    let hup = |pid: u32| Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
+
+    std::fs::write(&path, format!("{config}[services.b]\nendpoints = [\"http://127.0.0.1:2\"]\n")).unwrap();
+    assert!(hup(child.id()).success());
+    let ok = next_event("reload");
+    assert_eq!(ok["fields"]["result"], "ok", "{ok}");
+    assert_eq!(ok["fields"]["version"], 2, "{ok}");
+    assert_eq!(ok["level"], "INFO");
+
+    std::fs::write(&path, "[[routes]\n").unwrap();
+    assert!(hup(child.id()).success());
+    let failed = next_event("reload");
+    assert_eq!(failed["fields"]["result"], "error", "{failed}");
+    assert!(failed["fields"]["error"].as_str().is_some_and(|e| e.contains("gateway.toml:1:")), "{failed}");
+    assert_eq!(failed["level"], "ERROR");
+    assert!(terminate(&mut child).success(), "a failed reload never stops the gateway");
+}
+
 /// SIGTERM, then the exit status, which must come within 10 s.
 fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
