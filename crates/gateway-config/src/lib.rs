@@ -222,4 +222,6 @@ fn deserialize(map: &env::SourceMap, doc: &DeTable<'_>, len: usize) -> Result<Co
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;

@@ -25,39 +25,69 @@ impl Duration {
 impl std::str::FromStr for Duration {
     type Err = String;
 
+    /// A decimal number (`5`, `1.5`, `.5`) and a unit, read exactly (no floating point),
+    /// rounded to the nanosecond; at most 10⁹ s.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         let split = s
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(|| format!("duration `{s}` needs a unit (ms, s, m, h)"))?;
         let (number, unit) = s.split_at(split);
-        let value: f64 = number.parse().map_err(|_| {
-            format!("invalid duration `{s}`: expected a number and a unit, such as \"250ms\" or \"5s\"")
-        })?;
-        let scale = match unit.trim() {
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
+        let invalid = || format!("invalid duration `{s}`: expected a number and a unit, such as \"250ms\" or \"5s\"");
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
+            return Err(invalid());
+        }
+        let nanos_per_unit: u128 = match unit.trim() {
+            "us" | "µs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "d" => 86_400_000_000_000,
             other => return Err(format!("invalid duration unit `{other}` in `{s}` (use ms, s, m or h)")),
         };
-        let secs = value * scale;
-        if !secs.is_finite() || secs > 1e9 {
-            return Err(format!("duration `{s}` is out of range"));
+        let out_of_range = || format!("duration `{s}` is out of range");
+        // Leading zeros aside, more than 20 digits is more than 10⁹ s in any unit.
+        let whole = whole.trim_start_matches('0');
+        if whole.len() > 20 {
+            return Err(out_of_range());
         }
-        Ok(Duration(std::time::Duration::from_secs_f64(secs)))
+        let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| invalid())? };
+        // Digits past the 18th are far below a nanosecond in every unit.
+        let fraction = &fraction[..fraction.len().min(18)];
+        let fraction_nanos = if fraction.is_empty() {
+            0
+        } else {
+            let digits: u128 = fraction.parse().map_err(|_| invalid())?;
+            let denominator = 10u128.pow(fraction.len() as u32);
+            (digits * nanos_per_unit + denominator / 2) / denominator
+        };
+        let nanos = whole * nanos_per_unit + fraction_nanos;
+        if nanos > 1_000_000_000 * 1_000_000_000 {
+            return Err(out_of_range());
+        }
+        let nanos = u64::try_from(nanos).map_err(|_| out_of_range())?;
+        Ok(Duration(std::time::Duration::from_nanos(nanos)))
     }
 }
 
+/// Exact, so that what is shown parses back to the same value: whole seconds as `5s`,
+/// whole milliseconds as `250ms`, else microseconds (`1500us`, `0.1us`).
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        if !ms.is_multiple_of(1000) || ms == 0 {
-            write!(f, "{ms}ms")
+        let nanos = self.0.as_nanos();
+        if nanos == 0 {
+            f.write_str("0ms")
+        } else if nanos.is_multiple_of(1_000_000_000) {
+            write!(f, "{}s", nanos / 1_000_000_000)
+        } else if nanos.is_multiple_of(1_000_000) {
+            write!(f, "{}ms", nanos / 1_000_000)
+        } else if nanos.is_multiple_of(1_000) {
+            write!(f, "{}us", nanos / 1_000)
         } else {
-            write!(f, "{}s", ms / 1000)
+            let fraction = format!("{:03}", nanos % 1_000);
+            write!(f, "{}.{}us", nanos / 1_000, fraction.trim_end_matches('0'))
         }
     }
 }
@@ -143,6 +173,34 @@ mod tests {
         assert!("5".parse::<Duration>().is_err());
         assert!("5 parsecs".parse::<Duration>().is_err());
         assert!("".parse::<Duration>().is_err());
+        assert!(".s".parse::<Duration>().is_err());
+        assert!("1.2.3s".parse::<Duration>().is_err());
+        assert_eq!("0.3s".parse::<Duration>(), Ok(Duration::from_millis(300)));
+        assert_eq!(".5m".parse::<Duration>(), Ok(Duration::from_secs(30)));
+        assert_eq!("1.s".parse::<Duration>(), Ok(Duration::from_secs(1)));
+        assert_eq!("0.0001us".parse::<Duration>(), Ok(Duration(std::time::Duration::ZERO)));
+        assert_eq!("1000000000s".parse::<Duration>(), Ok(Duration::from_secs(1_000_000_000)));
+        assert!("1000000000.000000001s".parse::<Duration>().is_err());
+        assert!("0000000000000000000000000000000000001s".parse::<Duration>().is_ok());
+        assert!("99999999999999999999999d".parse::<Duration>().is_err());
+    }
+
+    /// What is shown parses back to the same value (it used to show 1.5 ms as `1ms`).
+    #[test]
+    fn durations_display_exactly() {
+        for (nanos, shown) in [
+            (0, "0ms"),
+            (1, "0.001us"),
+            (100, "0.1us"),
+            (1_000, "1us"),
+            (1_500_000, "1500us"),
+            (250_000_000, "250ms"),
+            (90_000_000_000, "90s"),
+        ] {
+            let d = Duration(std::time::Duration::from_nanos(nanos));
+            assert_eq!(d.to_string(), shown);
+            assert_eq!(shown.parse::<Duration>(), Ok(d));
+        }
     }
 
     #[test]
