@@ -24,11 +24,14 @@ impl ClientAddr {
             return ClientAddr { ip: peer, peer, peer_trusted: false };
         }
         let mut client = peer;
-        // Walk the chain right to left across every x-forwarded-for line.
-        let lines: Vec<&str> = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+        // Walk the chain right to left across every x-forwarded-for line. A line is read
+        // as bytes: one that is not text still holds the addresses trusted proxies
+        // appended to it, right of whatever the client wrote there.
+        let lines: Vec<&[u8]> = headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes()).collect();
         'outer: for line in lines.iter().rev() {
-            for entry in line.rsplit(',') {
-                match parse_forwarded_ip(entry.trim()) {
+            for entry in line.rsplit(|&b| b == b',') {
+                let entry = std::str::from_utf8(entry.trim_ascii()).ok();
+                match entry.and_then(parse_forwarded_ip) {
                     Some(ip) if is_trusted(ip) => client = ip,
                     Some(ip) => {
                         client = ip;
@@ -65,6 +68,7 @@ fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use http::HeaderValue;
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter().map(|s| IpNet::parse(s).unwrap()).collect()
@@ -92,5 +96,22 @@ mod tests {
         assert_eq!(none.ip, "127.0.0.1".parse::<IpAddr>().unwrap());
         let garbage = ClientAddr::resolve("127.0.0.1".parse().unwrap(), &xff("nonsense"), &trusted);
         assert_eq!(garbage.ip, "127.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    /// A line that is not text (a byte above 0x7f from the client) was skipped whole, so an
+    /// address the client wrote on an earlier line was taken instead of the one the trusted
+    /// proxy appended to the last line (found by the property in `props.rs`).
+    #[test]
+    fn a_line_that_is_not_text_still_holds_the_appended_address() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
+        h.append("x-forwarded-for", HeaderValue::from_bytes(b"\x80, 203.0.113.7, 10.0.0.2").unwrap());
+        let c = ClientAddr::resolve("10.0.0.1".parse().unwrap(), &h, &trusted);
+        assert_eq!(c.ip, "203.0.113.7".parse::<IpAddr>().unwrap());
+        // Garbage right of the trusted hops ends the walk at the last trusted one.
+        h.append("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        let c = ClientAddr::resolve("10.0.0.1".parse().unwrap(), &h, &trusted);
+        assert_eq!(c.ip, "10.0.0.1".parse::<IpAddr>().unwrap());
     }
 }

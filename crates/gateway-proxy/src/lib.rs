@@ -22,6 +22,8 @@ mod client;
 mod client_addr;
 pub mod grpc;
 pub mod headers;
+#[cfg(test)]
+mod props;
 mod tls;
 
 pub use body::{BodyLimitError, RequestBody};
