@@ -76,10 +76,14 @@ mod apikey;
 mod cache;
 mod claims;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod identity;
 mod jwks;
 mod jwt;
 mod keys;
+#[cfg(test)]
+mod props;
 mod provider;
 
 use std::collections::BTreeMap;

@@ -142,6 +142,42 @@ impl fmt::Display for LimitKey {
 }
 
 #[cfg(test)]
+mod props {
+    //! The `key` setting and the key of a request, on generated input: parsing never
+    //! panics and what parses displays back to itself; a request's header, whatever its
+    //! bytes, gives a bounded key or the shared bucket, never a panic.
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn key_settings_round_trip(text in "(ip|global|consumer|header|claim|x)?(:[ -~\\t\u{e9}]{0,8})?") {
+            if let Ok(source) = text.parse::<KeySource>() {
+                prop_assert_eq!(source.to_string().parse::<KeySource>(), Ok(source.clone()), "{} shown as {}", text, source);
+            }
+        }
+
+        #[test]
+        fn request_keys_are_bounded(value in prop::collection::vec(any::<u8>(), 0..300)) {
+            let source = KeySource::Header(HeaderName::from_static("x-user"));
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_bytes(&value) {
+                headers.insert("x-user", value);
+            }
+            match source.key(IpAddr::from([192, 0, 2, 1]), &headers, None) {
+                LimitKey::Text(text) => prop_assert!(!text.is_empty() && text.len() <= MAX_KEY_LEN),
+                LimitKey::Shared => {}
+                LimitKey::Ip(ip) => prop_assert!(false, "a header key gave an address {}", ip),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 

@@ -86,6 +86,8 @@
 mod host;
 mod normalize;
 mod params;
+#[cfg(test)]
+mod props;
 mod table;
 mod template;
 
