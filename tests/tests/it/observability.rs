@@ -138,3 +138,93 @@ async fn runtime_task_counts_follow_open_connections() {
     drop(open);
     assert!(gateway_tests::eventually(async || alive(&metrics().await) < before + 5).await, "tasks stayed alive");
 }
+
+/// After a known sequence of requests the counters are exact, and requests that match no
+/// route share one `unmatched` label: raw paths never become label values.
+#[tokio::test]
+async fn metrics_count_a_known_sequence_exactly() {
+    let backend = Backend::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = format!(
+        "[services.echo]\nendpoints = [\"http://{}\"]\n[services.gone]\nendpoints = [\"http://{closed}\"]\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/status\"\nmethods = [\"GET\"]\nservice = \"echo\"\n\
+         [[routes]]\nname = \"down\"\npath_prefix = \"/down\"\nservice = \"gone\"\n",
+        backend.addr
+    );
+    let gw = TestGateway::start(&config).await;
+    for _ in 0..3 {
+        assert_eq!(gw.get("/status/200").await.status, 200);
+    }
+    assert_eq!(gw.get("/status/503").await.status, 503);
+    for i in 0..5 {
+        assert_eq!(gw.get(&format!("/nowhere-{i}")).await.status, 404);
+    }
+    assert_eq!(gw.get("/down/x").await.status, 502);
+    let text = String::from_utf8_lossy(&gw.admin_get("/metrics").await.body).into_owned();
+    for line in [
+        r#"gateway_requests_total{route="r",method="GET",status="200"} 3"#,
+        r#"gateway_requests_total{route="r",method="GET",status="503"} 1"#,
+        r#"gateway_requests_total{route="unmatched",method="GET",status="404"} 5"#,
+        r#"gateway_requests_total{route="down",method="GET",status="502"} 1"#,
+        r#"gateway_request_duration_seconds_count{route="r"} 4"#,
+        r#"gateway_upstream_requests_total{service="echo",outcome="success"} 3"#,
+        r#"gateway_upstream_requests_total{service="echo",outcome="5xx"} 1"#,
+        r#"gateway_upstream_requests_total{service="gone",outcome="connect_failure"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+    }
+    assert!(!text.contains("nowhere"), "a raw path became a label value");
+    assert!(!text.contains("/status"), "a raw path became a label value");
+}
+
+/// A collector that accepts connections and never answers: requests stay as fast as
+/// without tracing, spans beyond the bounded queue are dropped and counted.
+#[tokio::test]
+async fn a_collector_that_hangs_never_slows_requests() {
+    // Accepts and holds every connection without reading or answering.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = listener.local_addr().unwrap();
+    let held: Arc<Mutex<Vec<tokio::net::TcpStream>>> = Arc::default();
+    let holder = held.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            holder.lock().unwrap().push(stream);
+        }
+    });
+    let backend = Backend::start().await;
+    let config = format!(
+        "[telemetry]\notlp_endpoint = \"http://{collector}\"\n[services.echo]\nendpoints = [\"http://{}\"]\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nservice = \"echo\"\n",
+        backend.addr
+    );
+    let gw = TestGateway::start(&config).await;
+    let started = std::time::Instant::now();
+    let addr = gw.addr;
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..8 {
+        clients.spawn(async move {
+            for i in 0..700 {
+                let resp = gateway_tests::send(addr, gateway_tests::get_with(&format!("/t/{c}/{i}"), &[])).await;
+                assert_eq!(resp.status, 200);
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.unwrap();
+    }
+    let elapsed = started.elapsed();
+    // 5,600 requests, 11,200 spans: more than the export queue's 8,192 can hold. (The
+    // bound is loose for a debug build on a busy machine; an exporter that blocked on the
+    // collector would never let the requests finish.)
+    assert!(elapsed < std::time::Duration::from_secs(45), "5,600 requests took {elapsed:?}");
+    let text = String::from_utf8_lossy(&gw.admin_get("/metrics").await.body).into_owned();
+    let dropped: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("gateway_trace_spans_dropped_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(dropped > 0, "the queue is bounded: spans must be dropped, not held\n{text}");
+    let queued = text.lines().find(|l| l.starts_with("gateway_trace_queue_spans ")).unwrap();
+    let queued: u64 = queued.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(queued <= 8192, "queue {queued}");
+}
