@@ -46,7 +46,8 @@ pub use client::{eventually, eventually_within, get_with, raw, send, Answer, Kee
 pub use gateway::TestGateway;
 pub use grpc::{echo, GrpcBackend};
 pub use servers::{
-    shared_etcd, shared_nats, shared_rabbit, shared_redis, EtcdServer, NatsServer, RabbitServer, RedisServer,
+    shared_etcd, shared_kafka, shared_nats, shared_rabbit, shared_redis, EtcdServer, KafkaServer, NatsServer,
+    RabbitServer, RedisServer,
 };
 pub use tls::{tls_connect, Leaf, TestCa};
 

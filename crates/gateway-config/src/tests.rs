@@ -375,6 +375,13 @@ fn subscriptions_take_the_fields_of_their_broker_kind() {
     ok(&sub("broker = \"stream\"\ntopic = \"orders\"\ngroup = \"n\""));
     ok(&sub("broker = \"jet\"\nsubject = \"orders.>\""));
     expect_only(&sub("broker = \"stream\"\ngroup = \"g\""), "\"stream\"\ngroup", "needs `topic`");
+    expect_only(&sub("broker = \"stream\"\ntopic = \"t\""), "\"stream\"\ntopic", "needs `group`");
+    expect_only(&sub("broker = \"stream\"\ntopic = \"a b\"\ngroup = \"g\""), "\"a b\"", "not a Kafka topic name");
+    expect_only(
+        &sub("broker = \"stream\"\ntopic = \"t\"\ngroup = \"g\"\ndead_letter = \"t\""),
+        "\"t\"\ndeliver_to",
+        "is the subscription's own topic",
+    );
     expect_only(&sub("broker = \"rabbit\""), "\"rabbit\"", "needs `queue`");
     expect_only(&sub("broker = \"rabbit\"\nqueue = \"q\"\ntopic = \"t\""), "topic", "`topic` is for kafka brokers");
 }
@@ -859,6 +866,12 @@ fn broker_addresses() {
     expect_only(&with("[brokers.b]\nkind = \"amqp\"\n"), "\"amqp\"", "needs url = \"amqp://host:port\"");
     expect_only(&with("[brokers.b]\nkind = \"kafka\"\n"), "\"kafka\"", "needs bootstrap");
     expect_only(&with("[brokers.b]\nkind = \"kafka\"\nbootstrap = [\"k\"]\n"), "\"k\"", "a port is required");
+    ok(&with("[brokers.b]\nkind = \"kafka\"\nbootstrap = [\"k:9092\"]\nsession_timeout = \"6s\"\n"));
+    expect_only(
+        &with("[brokers.b]\nkind = \"nats\"\nurl = \"nats://k:4222\"\nsession_timeout = \"6s\"\n"),
+        "session_timeout",
+        "`session_timeout` is for kind = \"kafka\"",
+    );
     expect_only(&with("[brokers.b]\nkind = \"nats\"\nurl = \"http://x\"\n"), "\"http://x\"", "must start with nats://");
     ok(&with("[brokers.b]\nkind = \"nats\"\nurl = \"127.0.0.1:4222\"\n"));
     expect_only(

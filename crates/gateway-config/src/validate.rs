@@ -596,6 +596,12 @@ impl Validator<'_, '_, '_> {
                 if !b.bootstrap.is_empty() {
                     self.at_key(&at("bootstrap"), format!("{what}: `bootstrap` is for kind = \"kafka\" brokers"));
                 }
+                if b.session_timeout.is_some() {
+                    self.at_key(
+                        &at("session_timeout"),
+                        format!("{what}: `session_timeout` is for kind = \"kafka\" brokers"),
+                    );
+                }
             }
             BrokerKind::Kafka => {
                 if b.bootstrap.is_empty() {
@@ -611,6 +617,12 @@ impl Validator<'_, '_, '_> {
                 }
                 if b.url.is_some() {
                     self.at_key(&at("url"), format!("{what}: a kafka broker takes bootstrap = [...], not url"));
+                }
+                if let Some(t) = b.session_timeout {
+                    // Kafka brokers accept 6s..300s by default (group.min/max.session.timeout.ms).
+                    if t.get() < std::time::Duration::from_secs(1) || t.get() > std::time::Duration::from_secs(3600) {
+                        self.at_value(&at("session_timeout"), format!("{what}: session_timeout must be 1s..1h"));
+                    }
                 }
             }
         }
@@ -864,6 +876,11 @@ impl Validator<'_, '_, '_> {
             BrokerKind::Nats => ("`subject`", p.subject.is_some()),
             BrokerKind::Kafka => ("`topic`", p.topic.is_some()),
         };
+        if broker.kind == BrokerKind::Kafka {
+            if let Some(Err(e)) = p.topic.as_deref().map(kafka_topic) {
+                self.at_value(&at("topic"), format!("{what}: publish.topic {e}"));
+            }
+        }
         if !required.1 {
             self.at_value(
                 &at("broker"),
@@ -915,8 +932,21 @@ impl Validator<'_, '_, '_> {
         let required: &[(&str, bool)] = match broker.kind {
             BrokerKind::Amqp => &[("queue", s.queue.is_some())],
             BrokerKind::Nats => &[("subject", s.subject.is_some())],
-            BrokerKind::Kafka => &[("topic", s.topic.is_some())],
+            BrokerKind::Kafka => &[("topic", s.topic.is_some()), ("group", s.group.is_some())],
         };
+        if broker.kind == BrokerKind::Kafka {
+            for (key, name) in [("topic", &s.topic), ("dead_letter", &s.dead_letter)] {
+                if let Some(Err(e)) = name.as_deref().map(kafka_topic) {
+                    self.at_value(&at(key), format!("{what}: `{key}` {e}"));
+                }
+            }
+            if s.group.as_deref().is_some_and(str::is_empty) {
+                self.at_value(&at("group"), format!("{what}: `group` is empty"));
+            }
+            if s.dead_letter.is_some() && s.dead_letter == s.topic {
+                self.at_value(&at("dead_letter"), format!("{what}: `dead_letter` is the subscription's own topic"));
+            }
+        }
         for (key, present) in required {
             if !present {
                 self.at(
@@ -926,6 +956,15 @@ impl Validator<'_, '_, '_> {
             }
         }
     }
+}
+
+/// A Kafka topic name: 1 to 249 of `a-z A-Z 0-9 . _ -`, not `.` or `..`.
+fn kafka_topic(name: &str) -> Result<(), String> {
+    let chars_ok = name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if name.is_empty() || name.len() > 249 || !chars_ok || name == "." || name == ".." {
+        return Err(format!("`{name}` is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"));
+    }
+    Ok(())
 }
 
 fn kind_name(kind: BrokerKind) -> &'static str {

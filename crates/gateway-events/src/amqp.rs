@@ -336,6 +336,7 @@ fn incoming(delivery: LapinDelivery, channel: Channel) -> Incoming {
         .unwrap_or_default();
     let message = Delivery {
         message_id: properties.message_id().as_ref().map(|s| s.to_string()),
+        key: None,
         content_type: properties.content_type().as_ref().map(|s| s.to_string()),
         headers,
         attempt: 1,

@@ -23,6 +23,12 @@ pub const MESSAGE_ID_HEADER: &str = "x-message-id";
 /// default).
 pub const AMQP_DEDUP_HEADER: &str = "x-deduplication-header";
 
+/// Record header that carries the deduplication id ([`OutgoingMessage::dedup_id`], from the
+/// client's `idempotency-key`) on Kafka. Kafka's idempotent producer only drops the copies that
+/// its own retries would write; a client that sends the same request twice makes two records,
+/// and the consumer drops the second by this header.
+pub const KAFKA_DEDUP_HEADER: &str = "idempotency-key";
+
 /// Header of a dead-lettered message: how many delivery attempts failed.
 pub const ATTEMPTS_HEADER: &str = "x-gateway-attempts";
 
@@ -88,6 +94,14 @@ pub enum Destination {
         /// Subject: dot-separated tokens, no wildcards.
         subject: String,
     },
+    /// A Kafka topic (which must exist) and the record's key: records with one key go to one
+    /// partition, and stay in order there.
+    Kafka {
+        /// The topic.
+        topic: String,
+        /// The record key; `None` lets the producer's partitioner spread the records.
+        key: Option<String>,
+    },
 }
 
 impl Destination {
@@ -96,6 +110,7 @@ impl Destination {
         match self {
             Destination::Amqp { .. } => BrokerKind::Amqp,
             Destination::Nats { .. } => BrokerKind::Nats,
+            Destination::Kafka { .. } => BrokerKind::Kafka,
         }
     }
 }
@@ -105,6 +120,8 @@ impl fmt::Display for Destination {
         match self {
             Destination::Amqp { exchange, routing_key } => write!(f, "exchange {exchange:?} key {routing_key:?}"),
             Destination::Nats { subject } => write!(f, "subject {subject:?}"),
+            Destination::Kafka { topic, key: Some(key) } => write!(f, "topic {topic:?} key {key:?}"),
+            Destination::Kafka { topic, key: None } => write!(f, "topic {topic:?}"),
         }
     }
 }
@@ -116,17 +133,42 @@ pub struct OutgoingMessage {
     pub destination: Destination,
     /// The payload (the request body).
     pub body: Bytes,
-    /// The message id: the request id. AMQP `message_id` property; NATS [`MESSAGE_ID_HEADER`].
+    /// The message id: the request id. AMQP `message_id` property; NATS and Kafka
+    /// [`MESSAGE_ID_HEADER`].
     pub message_id: String,
-    /// AMQP `content_type` property; NATS `content-type` header.
+    /// AMQP `content_type` property; NATS and Kafka `content-type` header.
     pub content_type: Option<String>,
     /// Further headers (`traceparent`, the route's configured ones): AMQP headers table (as
     /// long strings); NATS headers. Names must be visible ASCII without `:`, values must not
     /// contain CR or LF, or the publish fails with [`PublishError::InvalidMessage`].
     pub headers: Vec<(String, String)>,
     /// Deduplication id (the client's `idempotency-key`): JetStream `Nats-Msg-Id`; AMQP
-    /// [`AMQP_DEDUP_HEADER`].
+    /// [`AMQP_DEDUP_HEADER`]; Kafka [`KAFKA_DEDUP_HEADER`].
     pub dedup_id: Option<String>,
+}
+
+impl OutgoingMessage {
+    /// The headers of a broker that carries everything in headers (NATS, Kafka): the message
+    /// id in [`MESSAGE_ID_HEADER`], `content-type`, [`headers`](Self::headers), and the
+    /// deduplication id in `dedup_header`; each checked with the rules of
+    /// [`headers`](Self::headers).
+    pub(crate) fn header_list<'a>(&'a self, dedup_header: &'a str) -> Result<Vec<(&'a str, &'a str)>, PublishError> {
+        let mut list = Vec::with_capacity(self.headers.len() + 3);
+        if !self.message_id.is_empty() {
+            list.push((MESSAGE_ID_HEADER, self.message_id.as_str()));
+        }
+        if let Some(content_type) = &self.content_type {
+            list.push(("content-type", content_type.as_str()));
+        }
+        list.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if let Some(id) = &self.dedup_id {
+            list.push((dedup_header, id.as_str()));
+        }
+        for (name, value) in &list {
+            check_header(name, value)?;
+        }
+        Ok(list)
+    }
 }
 
 /// What the broker confirmed.
@@ -137,7 +179,7 @@ pub struct Confirmation {
     /// JetStream recognised the deduplication id and kept the earlier copy instead (the
     /// message is stored once: answering 202 again is right). Always false on AMQP.
     pub duplicate: bool,
-    /// JetStream's stream sequence of the stored message; `None` on AMQP.
+    /// JetStream's stream sequence, or the Kafka offset, of the stored message; `None` on AMQP.
     pub sequence: Option<u64>,
 }
 
@@ -319,8 +361,10 @@ impl Drop for PublishGuard<'_> {
 pub struct Delivery {
     /// The payload.
     pub body: Bytes,
-    /// AMQP `message_id` property; NATS [`MESSAGE_ID_HEADER`] (else `Nats-Msg-Id`).
+    /// AMQP `message_id` property; NATS and Kafka [`MESSAGE_ID_HEADER`] (else `Nats-Msg-Id`).
     pub message_id: Option<String>,
+    /// The Kafka record key (text only); `None` on AMQP and NATS. A dead letter keeps it.
+    pub key: Option<String>,
     /// AMQP `content_type` property; NATS `content-type` header.
     pub content_type: Option<String>,
     /// The other headers whose values are text: AMQP headers table entries that are strings,

@@ -9,6 +9,7 @@ use gateway_config::schema::{Broker as BrokerDef, BrokerKind};
 use crate::amqp::AmqpBroker;
 use crate::backoff::Backoff;
 use crate::broker::Broker;
+use crate::kafka::KafkaBroker;
 use crate::nats::NatsBroker;
 
 /// How brokers connect.
@@ -31,13 +32,11 @@ impl Default for BrokerOptions {
 /// A broker definition that cannot be used.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BuildError {
-    /// Kafka brokers come with a later version.
-    #[error("broker {name:?}: kind {kind:?} is not supported yet (only \"amqp\" and \"nats\")")]
-    Unsupported {
+    /// `bootstrap` is required for Kafka.
+    #[error("broker {name:?}: `bootstrap` is required")]
+    MissingBootstrap {
         /// The broker's name.
         name: String,
-        /// Its kind.
-        kind: BrokerKind,
     },
     /// `url` is required for AMQP and NATS.
     #[error("broker {name:?}: `url` is required")]
@@ -112,10 +111,14 @@ impl Brokers {
     }
 }
 
-/// Check a definition without connecting: the kind is supported, the URL is there and parses.
+/// Check a definition without connecting: the URL (bootstrap servers) is there and parses.
 pub fn check(name: &str, def: &BrokerDef) -> Result<(), BuildError> {
     let url = match def.kind {
-        BrokerKind::Kafka => return Err(BuildError::Unsupported { name: name.to_owned(), kind: def.kind }),
+        BrokerKind::Kafka if def.bootstrap.is_empty() => {
+            return Err(BuildError::MissingBootstrap { name: name.to_owned() })
+        }
+        // librdkafka checks `host:port` itself, and keeps retrying names that do not resolve.
+        BrokerKind::Kafka => return Ok(()),
         BrokerKind::Amqp | BrokerKind::Nats => {
             def.url.as_deref().ok_or_else(|| BuildError::MissingUrl { name: name.to_owned() })?
         }
@@ -145,7 +148,11 @@ pub async fn connect(name: &str, def: &BrokerDef, options: &BrokerOptions) -> Re
                 .await
                 .map_err(|reason| BuildError::InvalidUrl { name: name.to_owned(), reason })?,
         ),
-        BrokerKind::Kafka => return Err(BuildError::Unsupported { name: name.to_owned(), kind: def.kind }),
+        BrokerKind::Kafka => Arc::new(
+            KafkaBroker::connect(name, &def.bootstrap, def.session_timeout.map(|t| t.get()), options)
+                .await
+                .map_err(|reason| BuildError::InvalidUrl { name: name.to_owned(), reason })?,
+        ),
     })
 }
 
@@ -156,7 +163,7 @@ mod tests {
     use super::*;
 
     fn def(kind: BrokerKind, url: Option<&str>) -> BrokerDef {
-        BrokerDef { kind, url: url.map(str::to_owned), bootstrap: Vec::new() }
+        BrokerDef { kind, url: url.map(str::to_owned), bootstrap: Vec::new(), session_timeout: None }
     }
 
     #[test]
@@ -166,6 +173,8 @@ mod tests {
         assert!(matches!(check("a", &def(BrokerKind::Amqp, None)), Err(BuildError::MissingUrl { .. })));
         assert!(matches!(check("a", &def(BrokerKind::Amqp, Some("http://x"))), Err(BuildError::InvalidUrl { .. })));
         let kafka = check("k", &def(BrokerKind::Kafka, None)).unwrap_err();
-        assert!(kafka.to_string().contains("not supported"), "{kafka}");
+        assert!(matches!(kafka, BuildError::MissingBootstrap { .. }), "{kafka}");
+        let kafka = BrokerDef { bootstrap: vec!["127.0.0.1:9092".into()], ..def(BrokerKind::Kafka, None) };
+        assert!(check("k", &kafka).is_ok());
     }
 }

@@ -15,8 +15,8 @@ use futures_util::{FutureExt, StreamExt};
 use gateway_config::schema::BrokerKind;
 
 use crate::broker::{
-    check_header, Acker, Broker, BrokerMetrics, BrokerState, Confirmation, ConsumeError, Delivery, Destination,
-    Incoming, Messages, OutgoingMessage, PublishError, MESSAGE_ID_HEADER,
+    Acker, Broker, BrokerMetrics, BrokerState, Confirmation, ConsumeError, Delivery, Destination, Incoming, Messages,
+    OutgoingMessage, PublishError, MESSAGE_ID_HEADER,
 };
 use crate::brokers::BrokerOptions;
 use crate::subscription::{valid_nats_name, valid_subject, Source};
@@ -109,26 +109,12 @@ impl NatsBroker {
             return Err(PublishError::InvalidMessage(format!("{subject:?} is not a NATS subject without wildcards")));
         }
         let mut headers = HeaderMap::new();
-        let mut add = |name: &str, value: &str| -> Result<(), PublishError> {
-            check_header(name, value)?;
+        for (name, value) in message.header_list(NATS_MESSAGE_ID.as_ref())? {
             let name: HeaderName =
                 name.parse().map_err(|_| PublishError::InvalidMessage(format!("header name {name:?}")))?;
             let value: HeaderValue =
                 value.parse().map_err(|_| PublishError::InvalidMessage(format!("header {name} value")))?;
             headers.append(name, value);
-            Ok(())
-        };
-        if !message.message_id.is_empty() {
-            add(MESSAGE_ID_HEADER, &message.message_id)?;
-        }
-        if let Some(content_type) = &message.content_type {
-            add("content-type", content_type)?;
-        }
-        for (name, value) in &message.headers {
-            add(name, value)?;
-        }
-        if let Some(id) = &message.dedup_id {
-            add(NATS_MESSAGE_ID.as_ref(), id)?;
         }
         let state = self.state();
         if !state.is_connected() {
@@ -324,6 +310,7 @@ fn incoming(message: jetstream::Message, ack_wait: Duration) -> Incoming {
     let redelivered = message.info().map(|info| info.delivered > 1).unwrap_or(false);
     let mut delivery = Delivery {
         body: message.message.payload.clone(),
+        key: None,
         message_id: None,
         content_type: None,
         headers: Vec::new(),

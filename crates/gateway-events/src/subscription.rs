@@ -55,6 +55,16 @@ pub enum Source {
         /// does, a stream `DLQ_<subject with . as _>` is created for it).
         dead_letter: Option<String>,
     },
+    /// A Kafka consumer group on one topic.
+    Kafka {
+        /// The topic; created with the broker's default partitions and replication when missing.
+        topic: String,
+        /// The consumer group (`group.id`): its committed offsets are where consuming resumes,
+        /// and the topic's partitions are shared among its members (several gateways).
+        group: String,
+        /// The dead-letter topic, created like `topic` when missing; dead letters keep their key.
+        dead_letter: Option<String>,
+    },
 }
 
 impl Source {
@@ -67,7 +77,28 @@ impl Source {
             })
         };
         match kind {
-            BrokerKind::Kafka => Err(SubscriptionError::Unsupported(kind)),
+            BrokerKind::Kafka => {
+                let fields = [
+                    ("queue", def.queue.is_some()),
+                    ("bind", def.bind.is_some()),
+                    ("stream", def.stream.is_some()),
+                    ("subject", def.subject.is_some()),
+                    ("durable", def.durable.is_some()),
+                ];
+                if let Some(e) = foreign(&fields, "a Kafka") {
+                    return Err(e);
+                }
+                let (Some(topic), Some(group)) = (&def.topic, &def.group) else {
+                    return invalid("a Kafka subscription needs `topic` and `group`".into());
+                };
+                if topic.is_empty() || group.is_empty() {
+                    return invalid("`topic` and `group` must not be empty".into());
+                }
+                if def.dead_letter.as_ref() == Some(topic) {
+                    return invalid("`dead_letter` is the subscription's own topic".into());
+                }
+                Ok(Source::Kafka { topic: topic.clone(), group: group.clone(), dead_letter: def.dead_letter.clone() })
+            }
             BrokerKind::Amqp => {
                 let fields = [
                     ("stream", def.stream.is_some()),
@@ -148,11 +179,12 @@ impl Source {
         }
     }
 
-    /// A short name for logs and metric labels: the queue, or `stream/durable`.
+    /// A short name for logs and metric labels: the queue, `stream/durable` or `topic/group`.
     pub fn label(&self) -> String {
         match self {
             Source::Amqp { queue, .. } => queue.clone(),
             Source::Nats { stream, durable, .. } => format!("{stream}/{durable}"),
+            Source::Kafka { topic, group, .. } => format!("{topic}/{group}"),
         }
     }
 
@@ -165,6 +197,10 @@ impl Source {
             Source::Nats { dead_letter, .. } => {
                 dead_letter.as_ref().map(|subject| Destination::Nats { subject: subject.clone() })
             }
+            // The key is the original record's: set by `dead_letter_message`.
+            Source::Kafka { dead_letter, .. } => {
+                dead_letter.as_ref().map(|topic| Destination::Kafka { topic: topic.clone(), key: None })
+            }
         }
     }
 
@@ -173,6 +209,7 @@ impl Source {
         match self {
             Source::Amqp { .. } => BrokerKind::Amqp,
             Source::Nats { .. } => BrokerKind::Nats,
+            Source::Kafka { .. } => BrokerKind::Kafka,
         }
     }
 }
@@ -221,9 +258,6 @@ pub enum SubscriptionError {
     /// The definition does not fit its broker (missing or foreign fields, bad names).
     #[error("{0}")]
     Invalid(String),
-    /// The broker's kind has no subscriptions in this gateway yet.
-    #[error("subscriptions on {0:?} brokers are not supported yet")]
-    Unsupported(BrokerKind),
     /// The subscription names a broker of another kind than the one it was given.
     #[error("the subscription is for a {wanted:?} broker, the broker is {actual:?}")]
     WrongBroker {
@@ -660,6 +694,10 @@ fn dead_letter_message(
     headers.push((ATTEMPTS_HEADER.to_owned(), attempts.to_string()));
     headers.push((LAST_ERROR_HEADER.to_owned(), error));
     headers.push((SOURCE_HEADER.to_owned(), label.to_owned()));
+    let destination = match destination {
+        Destination::Kafka { topic, key: None } => Destination::Kafka { topic, key: delivery.key.clone() },
+        other => other,
+    };
     OutgoingMessage {
         destination,
         body: delivery.body.clone(),
@@ -722,7 +760,21 @@ mod tests {
         assert_eq!(s.dead_letter(), Some(Destination::Amqp { exchange: String::new(), routing_key: "q.dead".into() }));
         d.stream = Some("S".into());
         assert!(Source::from_config(&d, BrokerKind::Amqp).unwrap_err().to_string().contains("`stream`"));
-        assert!(matches!(Source::from_config(&d, BrokerKind::Kafka), Err(SubscriptionError::Unsupported(_))));
+        assert!(Source::from_config(&d, BrokerKind::Kafka).unwrap_err().to_string().contains("`queue`"));
+    }
+
+    #[test]
+    fn kafka_sources() {
+        let mut d = def();
+        d.topic = Some("orders".into());
+        assert!(Source::from_config(&d, BrokerKind::Kafka).unwrap_err().to_string().contains("`group`"));
+        d.group = Some("notifications".into());
+        d.dead_letter = Some("orders.dead".into());
+        let s = Source::from_config(&d, BrokerKind::Kafka).unwrap();
+        assert_eq!(s.label(), "orders/notifications");
+        assert_eq!(s.dead_letter(), Some(Destination::Kafka { topic: "orders.dead".into(), key: None }));
+        d.dead_letter = Some("orders".into());
+        assert!(Source::from_config(&d, BrokerKind::Kafka).unwrap_err().to_string().contains("own topic"));
     }
 
     #[test]
@@ -762,6 +814,7 @@ mod tests {
     fn dead_letters_carry_the_history() {
         let delivery = Delivery {
             body: "x".into(),
+            key: None,
             message_id: Some("id-1".into()),
             content_type: Some("application/json".into()),
             headers: vec![
@@ -856,6 +909,7 @@ mod tests {
         pub fn message(log: &Log, body: &'static str, deadline: Option<Duration>) -> Incoming {
             let delivery = Delivery {
                 body: body.into(),
+                key: None,
                 message_id: Some("id".into()),
                 content_type: None,
                 headers: Vec::new(),

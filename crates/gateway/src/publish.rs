@@ -21,10 +21,13 @@ pub async fn publish(
     runtime: &Runtime,
     request_id: &RequestId,
 ) -> Result<Response<Body>, GatewayError> {
-    let key = fill(&action.key_template, params, action.kind)?;
+    let key = action.key_template.as_deref().map(|t| fill(t, params, action.kind)).transpose()?;
     let destination = match action.kind {
-        gateway_config::BrokerKind::Nats => Destination::Nats { subject: key },
-        _ => Destination::Amqp { exchange: action.exchange.clone(), routing_key: key },
+        gateway_config::BrokerKind::Nats => Destination::Nats { subject: key.unwrap_or_default() },
+        gateway_config::BrokerKind::Amqp => {
+            Destination::Amqp { exchange: action.target.clone(), routing_key: key.unwrap_or_default() }
+        }
+        gateway_config::BrokerKind::Kafka => Destination::Kafka { topic: action.target.clone(), key },
     };
     let (parts, body) = req.into_parts();
     let content_type = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);

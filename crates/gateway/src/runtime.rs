@@ -62,10 +62,11 @@ pub enum Action {
 pub struct PublishAction {
     pub broker: Arc<dyn gateway_events::Broker>,
     pub kind: gateway_config::BrokerKind,
-    /// AMQP exchange (`""`: the default exchange).
-    pub exchange: String,
-    /// AMQP routing key or NATS subject, with `{param}` placeholders.
-    pub key_template: String,
+    /// AMQP exchange (`""`: the default exchange), or Kafka topic.
+    pub target: String,
+    /// AMQP routing key, NATS subject or Kafka record key (`None`: no key), with `{param}`
+    /// placeholders.
+    pub key_template: Option<String>,
     /// Configured message headers.
     pub headers: Vec<(String, String)>,
 }
@@ -306,14 +307,17 @@ fn build_policy(route: &Route, pieces: &Pieces<'_>) -> Result<RoutePolicy, Strin
             .cloned()
             .ok_or_else(|| named(route, format!("no broker `{}`", publish.broker.get_ref())))?;
         let kind = config.brokers[publish.broker.get_ref()].kind;
-        let key_template = match kind {
-            gateway_config::BrokerKind::Nats => publish.subject.clone().unwrap_or_default(),
-            _ => publish.routing_key.clone().unwrap_or_default(),
+        let (exchange, key_template) = match kind {
+            gateway_config::BrokerKind::Amqp => {
+                (publish.exchange.clone(), Some(publish.routing_key.clone().unwrap_or_default()))
+            }
+            gateway_config::BrokerKind::Nats => (None, Some(publish.subject.clone().unwrap_or_default())),
+            gateway_config::BrokerKind::Kafka => (publish.topic.clone(), publish.key.clone()),
         };
         Action::Publish(PublishAction {
             broker,
             kind,
-            exchange: publish.exchange.clone().unwrap_or_default(),
+            target: exchange.unwrap_or_default(),
             key_template,
             headers: publish.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         })

@@ -147,3 +147,5 @@ async fn a_broker_that_is_down_gives_503_never_a_false_202() {
     assert!(eventually(async || broker_status().await["status"] == "reconnecting").await, "{}", broker_status().await);
     assert_eq!(gw.admin_get("/readyz").await.status, 200);
 }
+
+mod kafka;
