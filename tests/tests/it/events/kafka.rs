@@ -294,3 +294,42 @@ async fn kafka_concurrency_keeps_the_order_within_each_partition() {
     }
     assert_eq!(*overlap.lock().unwrap(), None, "two records of one key were delivered at once");
 }
+
+/// At least once: a gateway stopped while a record is being retried does not commit it, and the
+/// next member of the group (here, the gateway started again) delivers it.
+#[tokio::test]
+async fn a_record_in_retries_when_the_gateway_stops_is_delivered_by_the_next_one() {
+    let kafka = shared_kafka();
+    let (topic, group) = (unique("gw-restart"), unique("gw-restart-group"));
+    kafka.create_topic(&topic, 1).await;
+    let accept = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, mut hits) = mpsc::unbounded_channel();
+    let accepting = accept.clone();
+    let hooks = TestServer::start(Protocol::Http1, move |req: Request<hyper::body::Incoming>| {
+        let (tx, accepting) = (tx.clone(), accepting.clone());
+        async move {
+            let body = String::from_utf8_lossy(&req.into_body().collect().await?.to_bytes()).into_owned();
+            let accepted = accepting.load(std::sync::atomic::Ordering::SeqCst);
+            let _ = tx.send((body, accepted));
+            let status = if accepted { 200 } else { 503 };
+            Ok::<Response<BoxedBody>, hyper::Error>(Response::builder().status(status).body(full("")).unwrap())
+        }
+    })
+    .await;
+    let config = subscription_config(&kafka, hooks.addr, &topic, &group, "max_attempts = 100");
+    let first = TestGateway::start(&config).await;
+    assert_eq!(first.request(post("/events/k", "order-1", &[])).await.status, 202);
+    let got = tokio::time::timeout(Duration::from_secs(30), hits.recv()).await.expect("a delivery").unwrap();
+    assert_eq!(got, ("order-1".to_owned(), false));
+    first.shutdown().await;
+
+    accept.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _second = TestGateway::start(&config).await;
+    loop {
+        let got = tokio::time::timeout(Duration::from_secs(30), hits.recv()).await.expect("redelivered").unwrap();
+        assert_eq!(got.0, "order-1");
+        if got.1 {
+            break;
+        }
+    }
+}
