@@ -108,6 +108,9 @@ impl KafkaBroker {
             .set("acks", "all")
             .set("message.timeout.ms", millis(MESSAGE_TIMEOUT))
             .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string())
+            // Like exchanges and streams, topics are the operator's (or a subscription's) to
+            // create: a publish never creates one, whatever `auto.create.topics.enable` says.
+            .set("allow.auto.create.topics", "false")
             .set("statistics.interval.ms", millis(STATS_INTERVAL));
         let producer: FutureProducer<LinkContext> = producer_config
             .create_with_context(LinkContext(link.clone()))

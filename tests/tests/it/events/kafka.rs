@@ -80,6 +80,12 @@ name = "order-created"
 path = "/events/orders/{{id}}"
 methods = ["POST"]
 publish = {{ broker = "stream", topic = "{topic}", key = "order-{{id}}", headers = {{ "x-source" = "gateway" }} }}
+
+[[routes]]
+name = "nowhere"
+path = "/events/nowhere"
+timeout = "2s"
+publish = {{ broker = "stream", topic = "{topic}-missing" }}
 "#,
         bootstrap = kafka.bootstrap()
     );
@@ -110,6 +116,11 @@ publish = {{ broker = "stream", topic = "{topic}", key = "order-{{id}}", headers
     let records = read(&kafka.bootstrap(), &topic, 2).await;
     assert_eq!(records[0].partition(), records[1].partition());
     assert!(records[0].offset() < records[1].offset());
+
+    // Publishing does not create topics: a missing one is never a 202.
+    let started = std::time::Instant::now();
+    let resp = gw.request(post("/events/nowhere", "{}", &[])).await;
+    assert_eq!(resp.status, 503, "{}", String::from_utf8_lossy(&resp.body));
 
     let metrics = String::from_utf8_lossy(&gw.admin_get("/metrics").await.body).into_owned();
     assert!(metrics.contains("gateway_broker_connected{broker=\"stream\"} 1"), "{metrics}");
