@@ -132,7 +132,7 @@ impl KafkaBroker {
         let reached = tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, timeout).is_ok()).await;
         if matches!(reached, Ok(true)) {
             broker.link.set_up(true);
-            tracing::info!(broker = %name, "connected");
+            tracing::info!(event = "broker", broker = %name, state = "connected", "connected");
         } else {
             tracing::warn!(broker = %name, ?timeout, "not connected in time; retrying in the background");
         }
@@ -332,9 +332,11 @@ impl Link {
         match now {
             BrokerState::Connected if self.ever_connected.swap(true, Ordering::Relaxed) => {
                 self.metrics.connected_again();
-                tracing::info!(broker = %self.name, "reconnected");
+                tracing::info!(event = "broker", broker = %self.name, state = "connected", "reconnected");
             }
-            BrokerState::Reconnecting => tracing::warn!(broker = %self.name, "connection lost; reconnecting"),
+            BrokerState::Reconnecting => {
+                tracing::warn!(event = "broker", broker = %self.name, state = "reconnecting", "connection lost; reconnecting")
+            }
             _ => {}
         }
     }

@@ -118,7 +118,6 @@ publish = {{ broker = "stream", topic = "{topic}-missing" }}
     assert!(records[0].offset() < records[1].offset());
 
     // Publishing does not create topics: a missing one is never a 202.
-    let started = std::time::Instant::now();
     let resp = gw.request(post("/events/nowhere", "{}", &[])).await;
     assert_eq!(resp.status, 503, "{}", String::from_utf8_lossy(&resp.body));
 
