@@ -73,6 +73,13 @@ pub trait Broker: Send + Sync + 'static {
     /// Messages waiting in `source` that were not delivered yet (queue depth; JetStream
     /// consumer's pending count), for the lag metric.
     fn backlog(&self, source: &Source) -> BoxFuture<'_, Result<u64, ConsumeError>>;
+
+    /// The backlog of each partition of `source` that this gateway consumes, for brokers with
+    /// partitions (Kafka: the consumer group's lag); empty for the others, whose backlog is
+    /// one number.
+    fn backlog_by_partition(&self, _source: &Source) -> BoxFuture<'_, Result<Vec<(i32, u64)>, ConsumeError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// What [`Broker::consume`] yields.

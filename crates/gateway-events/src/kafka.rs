@@ -226,17 +226,21 @@ impl KafkaBroker {
         Ok(futures_util::stream::unfold(state, Receiving::next).boxed())
     }
 
-    /// Records behind the group's committed offsets on the partitions this gateway holds.
-    async fn backlog_inner(&self, source: &Source) -> Result<u64, ConsumeError> {
+    /// Records behind the group's committed offsets on each partition this gateway holds.
+    async fn lag(&self, source: &Source) -> Result<Vec<(i32, u64)>, ConsumeError> {
         let consumer = {
             let consumers = self.consumers.lock().unwrap_or_else(PoisonError::into_inner);
             consumers.iter().rev().find(|(s, _)| s == source).and_then(|(_, c)| c.upgrade())
         };
         let consumer = consumer.ok_or_else(|| ConsumeError("not consuming".into()))?;
-        let lag = tokio::task::spawn_blocking(move || -> Result<u64, KafkaError> {
+        let lag = tokio::task::spawn_blocking(move || -> Result<Vec<(i32, u64)>, KafkaError> {
             let assigned = consumer.assignment()?;
+            if assigned.count() == 0 {
+                // Not known yet (joining the group), or none of the partitions is ours.
+                return Err(KafkaError::Subscription("no partitions assigned".into()));
+            }
             let committed = consumer.committed_offsets(assigned, CALL_TIMEOUT)?;
-            let mut lag = 0u64;
+            let mut lag = Vec::new();
             for p in committed.elements() {
                 let (low, high) = consumer.fetch_watermarks(p.topic(), p.partition(), CALL_TIMEOUT)?;
                 let position = match p.offset() {
@@ -244,8 +248,9 @@ impl KafkaBroker {
                     _ => low,
                 };
                 // Some brokers report a high watermark below the committed offset: never negative.
-                lag += u64::try_from(high - position).unwrap_or(0);
+                lag.push((p.partition(), u64::try_from(high - position).unwrap_or(0)));
             }
+            lag.sort_unstable();
             Ok(lag)
         })
         .await
@@ -305,7 +310,12 @@ impl Broker for KafkaBroker {
 
     fn backlog(&self, source: &Source) -> BoxFuture<'_, Result<u64, ConsumeError>> {
         let source = source.clone();
-        async move { self.backlog_inner(&source).await }.boxed()
+        async move { Ok(self.lag(&source).await?.iter().map(|(_, n)| n).sum()) }.boxed()
+    }
+
+    fn backlog_by_partition(&self, source: &Source) -> BoxFuture<'_, Result<Vec<(i32, u64)>, ConsumeError>> {
+        let source = source.clone();
+        async move { self.lag(&source).await }.boxed()
     }
 }
 

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -313,6 +313,7 @@ pub struct SubscriptionMetrics {
     dead_lettered: AtomicU64,
     rejected: AtomicU64,
     backlog: AtomicI64,
+    partitions: Mutex<Vec<(i32, u64)>>,
     consuming: AtomicBool,
 }
 
@@ -325,6 +326,7 @@ impl Default for SubscriptionMetrics {
             dead_lettered: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             backlog: AtomicI64::new(-1),
+            partitions: Mutex::new(Vec::new()),
             consuming: AtomicBool::new(false),
         }
     }
@@ -361,6 +363,13 @@ impl SubscriptionMetrics {
     /// first report or while the broker cannot tell.
     pub fn backlog(&self) -> Option<u64> {
         u64::try_from(self.backlog.load(Ordering::Relaxed)).ok()
+    }
+
+    /// The backlog of each partition this gateway consumes, as last reported
+    /// ([`Broker::backlog_by_partition`]: Kafka's consumer lag); empty for brokers without
+    /// partitions.
+    pub fn backlog_by_partition(&self) -> Vec<(i32, u64)> {
+        self.partitions.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Whether a consumer is attached now (false while the broker is unreachable).
@@ -708,11 +717,17 @@ fn dead_letter_message(
     }
 }
 
+/// Ask the broker for the backlog every `every`; every second until it first answers (the
+/// consumer is being set up meanwhile), so that the metric is there soon after a start.
 async fn watch_backlog(ctx: Arc<Ctx>, every: Duration) {
-    let mut ticks = tokio::time::interval(every);
     loop {
-        ticks.tick().await;
-        let backlog = match ctx.broker.backlog(&ctx.source).await {
+        let partitions = ctx.broker.backlog_by_partition(&ctx.source).await.unwrap_or_default();
+        let total = if partitions.is_empty() {
+            ctx.broker.backlog(&ctx.source).await
+        } else {
+            Ok(partitions.iter().map(|(_, n)| n).sum())
+        };
+        let backlog = match total {
             Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
             Err(e) => {
                 tracing::debug!(subscription = %ctx.source.label(), error = %e, "backlog unknown");
@@ -720,6 +735,9 @@ async fn watch_backlog(ctx: Arc<Ctx>, every: Duration) {
             }
         };
         ctx.metrics.backlog.store(backlog, Ordering::Relaxed);
+        *ctx.metrics.partitions.lock().unwrap_or_else(PoisonError::into_inner) = partitions;
+        let wait = if backlog < 0 { every.min(Duration::from_secs(1)) } else { every };
+        tokio::time::sleep(wait).await;
     }
 }
 

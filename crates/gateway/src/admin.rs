@@ -253,6 +253,25 @@ impl AdminSource for AdminView {
                     );
                 }
             }
+            out.push_str("# HELP gateway_subscription_backlog Messages waiting in the broker, by subscription (as last reported).\n");
+            out.push_str("# TYPE gateway_subscription_backlog gauge\n");
+            for (label, m) in control.subscription_metrics() {
+                if let Some(n) = m.backlog() {
+                    let _ = writeln!(out, "gateway_subscription_backlog{{subscription=\"{label}\"}} {n}");
+                }
+            }
+            out.push_str(
+                "# HELP gateway_subscription_lag Kafka consumer lag, by subscription and partition held here.\n",
+            );
+            out.push_str("# TYPE gateway_subscription_lag gauge\n");
+            for (label, m) in control.subscription_metrics() {
+                for (partition, n) in m.backlog_by_partition() {
+                    let _ = writeln!(
+                        out,
+                        "gateway_subscription_lag{{subscription=\"{label}\",partition=\"{partition}\"}} {n}"
+                    );
+                }
+            }
         }
         out.push_str(
             "# HELP gateway_access_log_dropped_total Access log lines dropped because stdout could not keep up.\n",

@@ -252,6 +252,13 @@ async fn kafka_subscription_delivers_in_order_retries_and_dead_letters() {
     for outcome in ["delivered\"} 4", "dead_lettered\"} 1", "retried\"} 4"] {
         assert!(metrics.contains(outcome), "{outcome} in\n{metrics}");
     }
+    // The consumer lag of the partition (refreshed every 15 s: any value of the run so far).
+    let lag = format!("gateway_subscription_lag{{subscription=\"{topic}/{group}\",partition=\"0\"}} ");
+    let metrics = async || String::from_utf8_lossy(&gw.admin_get("/metrics").await.body).into_owned();
+    assert!(eventually(async || metrics().await.contains(&lag)).await, "{lag} in\n{}", metrics().await);
+    let text = metrics().await;
+    let value: u64 = text.lines().find_map(|l| l.strip_prefix(&lag)).unwrap().parse().unwrap();
+    assert!(value <= 5, "{value}");
 }
 
 /// With concurrency, records of different partitions go out together, but never two of one
