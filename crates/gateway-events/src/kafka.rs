@@ -75,7 +75,28 @@ pub struct KafkaBroker {
     consumers: Mutex<Vec<(Source, Weak<GroupConsumer>)>>,
 }
 
-type GroupConsumer = StreamConsumer<GroupContext>;
+/// A subscription's consumer. Closing it leaves the group (a blocking call that waits for the
+/// broker and runs the revocation callback), so the last owner to go closes it on a blocking
+/// thread rather than on the async task that dropped it.
+struct GroupConsumer(Option<StreamConsumer<GroupContext>>);
+
+impl std::ops::Deref for GroupConsumer {
+    type Target = StreamConsumer<GroupContext>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("taken only by drop")
+    }
+}
+
+impl Drop for GroupConsumer {
+    fn drop(&mut self) {
+        let Some(consumer) = self.0.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(consumer))),
+            Err(_) => drop(consumer),
+        }
+    }
+}
 
 impl KafkaBroker {
     /// Create the producer for `bootstrap` and wait until it reached the cluster or
@@ -212,11 +233,11 @@ impl KafkaBroker {
             // consumption instead of filling memory.
             .set("queued.max.messages.kbytes", "1024");
         let label = source.label();
-        let consumer: GroupConsumer = config
+        let consumer: StreamConsumer<GroupContext> = config
             .create_with_context(GroupContext { label: label.clone() })
             .map_err(|e| ConsumeError::new("kafka consumer", e))?;
         consumer.subscribe(&[topic]).map_err(|e| ConsumeError::new("subscribe", e))?;
-        let consumer = Arc::new(consumer);
+        let consumer = Arc::new(GroupConsumer(Some(consumer)));
         {
             let mut consumers = self.consumers.lock().unwrap_or_else(PoisonError::into_inner);
             consumers.retain(|(_, c)| c.strong_count() > 0);
