@@ -64,15 +64,40 @@ const MAX_MESSAGE_BYTES: usize = 1_048_588;
 ///   records for 5 minutes (`max.poll.interval.ms`, one record retried that long) leaves the
 ///   group, and its partitions go to the others.
 /// - State: librdkafka reports its connections every second; connected while one broker
-///   connection is up.
+///   connection is up. librdkafka connects only when it has something to send, so while none
+///   is up (the broker down, or an idle connection closed by the broker after its
+///   `connections.max.idle.ms`) the gateway asks for the cluster's metadata every second, which
+///   connects again as soon as the broker takes connections.
 pub struct KafkaBroker {
     name: String,
     config: ClientConfig,
     session_timeout: Duration,
     producer: FutureProducer<LinkContext>,
-    admin: AdminClient<LinkContext>,
+    admin: AdminClient<AdminContext>,
     link: Arc<Link>,
     consumers: Mutex<Vec<(Source, Weak<GroupConsumer>)>>,
+    reconnect: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        self.reconnect.abort();
+    }
+}
+
+/// While no connection is up, ask for the cluster's metadata every second (see [`KafkaBroker`]).
+async fn keep_connected(producer: FutureProducer<LinkContext>, link: Arc<Link>) {
+    loop {
+        tokio::time::sleep(STATS_INTERVAL).await;
+        if link.state().is_connected() {
+            continue;
+        }
+        let client = producer.clone();
+        let probe = move || client.client().fetch_metadata(None, STATS_INTERVAL).is_ok();
+        if matches!(tokio::task::spawn_blocking(probe).await, Ok(true)) {
+            link.set_up(true);
+        }
+    }
 }
 
 /// A subscription's consumer. Closing it leaves the group (a blocking call that waits for the
@@ -136,8 +161,10 @@ impl KafkaBroker {
         let producer: FutureProducer<LinkContext> = producer_config
             .create_with_context(LinkContext(link.clone()))
             .map_err(|e| format!("kafka producer: {e}"))?;
-        let admin: AdminClient<LinkContext> =
-            config.create_with_context(LinkContext(link.clone())).map_err(|e| format!("kafka admin client: {e}"))?;
+        let admin: AdminClient<AdminContext> = config
+            .create_with_context(AdminContext(name.to_owned()))
+            .map_err(|e| format!("kafka admin client: {e}"))?;
+        let reconnect = tokio::spawn(keep_connected(producer.clone(), link.clone()));
         let broker = KafkaBroker {
             name: name.to_owned(),
             config,
@@ -146,6 +173,7 @@ impl KafkaBroker {
             admin,
             link,
             consumers: Mutex::new(Vec::new()),
+            reconnect,
         };
         // The first statistics come after STATS_INTERVAL: ask for the cluster's metadata now.
         let client = broker.producer.clone();
@@ -315,7 +343,7 @@ impl Broker for KafkaBroker {
     }
 
     fn state(&self) -> BrokerState {
-        BrokerState::from_u8(self.link.state.load(Ordering::Relaxed))
+        self.link.state()
     }
 
     fn metrics(&self) -> &BrokerMetrics {
@@ -349,6 +377,10 @@ struct Link {
 }
 
 impl Link {
+    fn state(&self) -> BrokerState {
+        BrokerState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
     fn set_up(&self, up: bool) {
         let before = BrokerState::from_u8(self.state.load(Ordering::Relaxed));
         let now = match (up, self.ever_connected.load(Ordering::Relaxed)) {
@@ -373,9 +405,23 @@ impl Link {
     }
 }
 
-/// librdkafka's callbacks for the producer and the admin client: connection state from the
-/// statistics, logs into `tracing`.
+/// librdkafka's callbacks for the producer: connection state from the statistics, logs into
+/// `tracing`.
 struct LinkContext(Arc<Link>);
+
+/// The admin client's callbacks: logs only (it is idle most of the time, and its connections
+/// say nothing about the producer's).
+struct AdminContext(String);
+
+impl ClientContext for AdminContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        log(&self.0, level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(broker = %self.0, %error, reason, "librdkafka admin client");
+    }
+}
 
 impl ClientContext for LinkContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {

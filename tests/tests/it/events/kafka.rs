@@ -126,7 +126,7 @@ publish = {{ broker = "stream", topic = "{topic}-missing" }}
 }
 
 #[tokio::test]
-async fn a_kafka_broker_that_is_down_gives_503_never_a_false_202() {
+async fn a_kafka_broker_that_is_down_gives_503_never_a_false_202_and_is_connected_again_when_back() {
     let mut kafka = KafkaServer::start();
     kafka.create_topic("down", 1).await;
     let config = format!(
@@ -145,6 +145,12 @@ async fn a_kafka_broker_that_is_down_gives_503_never_a_false_202() {
     assert!(eventually(async || broker_status().await["status"] == "reconnecting").await, "{}", broker_status().await);
     assert_eq!(gw.request(post("/p", "{}", &[])).await.status, 503);
     assert_eq!(gw.admin_get("/readyz").await.status, 200);
+
+    // The broker comes back: connected again. Only the state: a tansu restarted in memory is a
+    // new, empty cluster, and the idempotent producer did not get a record acknowledged by it
+    // within 30 s (a producer without idempotence did at once); not solved yet.
+    let _kafka = KafkaServer::start_on(kafka.port).expect("tansu restarts on its port");
+    assert!(eventually(async || broker_status().await["status"] == "connected").await, "{}", broker_status().await);
 }
 
 /// A gateway config with a publish route `/events/{key}` to `topic` (keyed by the path's
