@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
@@ -15,7 +16,7 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _, PurgeConfig};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -67,12 +68,13 @@ const MAX_MESSAGE_BYTES: usize = 1_048_588;
 ///   connection is up. librdkafka connects only when it has something to send, so while none
 ///   is up (the broker down, or an idle connection closed by the broker after its
 ///   `connections.max.idle.ms`) the gateway asks for the cluster's metadata every second, which
-///   connects again as soon as the broker takes connections.
+///   connects again as soon as the broker takes connections; then the producer is replaced with
+///   a new one.
 pub struct KafkaBroker {
     name: String,
     config: ClientConfig,
     session_timeout: Duration,
-    producer: FutureProducer<LinkContext>,
+    producer: Arc<ArcSwap<Producer>>,
     admin: AdminClient<AdminContext>,
     link: Arc<Link>,
     consumers: Mutex<Vec<(Source, Weak<GroupConsumer>)>>,
@@ -85,17 +87,49 @@ impl Drop for KafkaBroker {
     }
 }
 
-/// While no connection is up, ask for the cluster's metadata every second (see [`KafkaBroker`]).
-async fn keep_connected(producer: FutureProducer<LinkContext>, link: Arc<Link>) {
+type Producer = FutureProducer<LinkContext>;
+
+/// While no connection is up, ask for the cluster's metadata every second (see
+/// [`KafkaBroker`]); after each reconnection, replace the producer with a new one.
+///
+/// An idempotent producer whose broker came back without the producer's state (a cluster
+/// rebuilt, or tansu in memory) has been seen to never get a record acknowledged again; a new
+/// producer asks the cluster for a new producer id. The old one's records were answered (503)
+/// by the route's timeout already; they are purged.
+async fn keep_connected(producer: Arc<ArcSwap<Producer>>, config: ClientConfig, link: Arc<Link>) {
+    let mut reconnects = link.metrics.reconnects();
     loop {
         tokio::time::sleep(STATS_INTERVAL).await;
-        if link.state().is_connected() {
+        if !link.state().is_connected() {
+            let client = producer.load_full();
+            let probe = move || client.client().fetch_metadata(None, STATS_INTERVAL).is_ok();
+            if matches!(tokio::task::spawn_blocking(probe).await, Ok(true)) {
+                link.set_up(true);
+            }
+        }
+        if link.metrics.reconnects() == reconnects || !link.state().is_connected() {
             continue;
         }
-        let client = producer.clone();
-        let probe = move || client.client().fetch_metadata(None, STATS_INTERVAL).is_ok();
-        if matches!(tokio::task::spawn_blocking(probe).await, Ok(true)) {
-            link.set_up(true);
+        let (config, context) = (config.clone(), LinkContext(link.clone()));
+        let fresh = tokio::task::spawn_blocking(move || -> Result<Producer, KafkaError> {
+            let fresh: Producer = config.create_with_context(context)?;
+            // Connected before it replaces the old one, so that its statistics say so.
+            fresh.client().fetch_metadata(None, CALL_TIMEOUT)?;
+            Ok(fresh)
+        })
+        .await;
+        match fresh {
+            Ok(Ok(fresh)) => {
+                let old = producer.swap(Arc::new(fresh));
+                reconnects = link.metrics.reconnects();
+                tracing::info!(broker = %link.name, "a new producer after the reconnection");
+                tokio::task::spawn_blocking(move || {
+                    old.purge(PurgeConfig::default().queue().inflight());
+                    drop(old);
+                });
+            }
+            Ok(Err(e)) => tracing::warn!(broker = %link.name, error = %e, "cannot create a new producer yet"),
+            Err(e) => tracing::warn!(broker = %link.name, error = %e, "cannot create a new producer yet"),
         }
     }
 }
@@ -158,13 +192,14 @@ impl KafkaBroker {
             // create: a publish never creates one, whatever `auto.create.topics.enable` says.
             .set("allow.auto.create.topics", "false")
             .set("statistics.interval.ms", millis(STATS_INTERVAL));
-        let producer: FutureProducer<LinkContext> = producer_config
+        let producer: Producer = producer_config
             .create_with_context(LinkContext(link.clone()))
             .map_err(|e| format!("kafka producer: {e}"))?;
+        let producer = Arc::new(ArcSwap::from_pointee(producer));
         let admin: AdminClient<AdminContext> = config
             .create_with_context(AdminContext(name.to_owned()))
             .map_err(|e| format!("kafka admin client: {e}"))?;
-        let reconnect = tokio::spawn(keep_connected(producer.clone(), link.clone()));
+        let reconnect = tokio::spawn(keep_connected(producer.clone(), producer_config, link.clone()));
         let broker = KafkaBroker {
             name: name.to_owned(),
             config,
@@ -176,7 +211,7 @@ impl KafkaBroker {
             reconnect,
         };
         // The first statistics come after STATS_INTERVAL: ask for the cluster's metadata now.
-        let client = broker.producer.clone();
+        let client = broker.producer.load_full();
         let timeout = options.connect_timeout;
         let reached = tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, timeout).is_ok()).await;
         if matches!(reached, Ok(true)) {
@@ -208,7 +243,7 @@ impl KafkaBroker {
         if let Some(key) = key {
             record = record.key(key.as_str());
         }
-        let delivery = self.producer.send_result(record).map_err(|(e, _)| publish_error(&e, size))?;
+        let delivery = self.producer.load().send_result(record).map_err(|(e, _)| publish_error(&e, size))?;
         match delivery.await {
             Ok(Ok(delivered)) => Ok(Confirmation {
                 message_id: message.message_id,
