@@ -178,7 +178,7 @@ async fn proxy(
     let principal = match &policy.auth {
         None => None,
         Some(auth) => {
-            let principal = auth.check(req.headers(), req.uri().query()).await?;
+            let principal = Box::pin(auth.check(req.headers(), req.uri().query())).await?;
             identity = auth.upstream_headers(&principal);
             for (name, value) in &identity {
                 req.headers_mut().insert(name.clone(), value.clone());
@@ -192,7 +192,7 @@ async fn proxy(
 
     let rate = match &policy.limits {
         None => None,
-        Some(limits) => match limits.check(client.ip, req.headers(), principal.as_ref()).await {
+        Some(limits) => match Box::pin(limits.check(client.ip, req.headers(), principal.as_ref())).await {
             Ok(decision) => decision,
             Err(refused) => {
                 policy.metrics.rate_limited();
@@ -241,17 +241,12 @@ async fn proxy(
                 part_timeout: policy.timeout,
                 max_body: policy.max_body_bytes,
             };
-            let answer = action
-                .aggregate
-                .run(
-                    ctx,
-                    &crate::aggregate::Fetcher {
-                        services: &action.services,
-                        client_ip: client.ip,
-                        trace: Some((&runtime.tracer, &*span)),
-                    },
-                )
-                .await?;
+            let fetcher = crate::aggregate::Fetcher {
+                services: &action.services,
+                client_ip: client.ip,
+                trace: Some((&runtime.tracer, &*span)),
+            };
+            let answer = Box::pin(action.aggregate.run(ctx, &fetcher)).await?;
             let mut response = Response::new(gateway_core::full(answer.body.clone()));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             if let Some(partial) = answer.partial_header() {
@@ -264,7 +259,7 @@ async fn proxy(
         }
         Action::Publish(action) => {
             let mut response =
-                crate::publish::publish(action, req, &matched.params, policy, runtime, request_id).await?;
+                Box::pin(crate::publish::publish(action, req, &matched.params, policy, runtime, request_id)).await?;
             if let Some(decision) = rate {
                 decision.write_headers(response.headers_mut());
             }
@@ -334,7 +329,8 @@ async fn proxy(
     let body = match grpc_web {
         // gRPC-Web text comes whole from browsers (no client streaming): decode it.
         Some(web @ GrpcWeb::Text) => {
-            let text = crate::publish::read_body(body, policy.max_body_bytes, runtime.body_read_timeout).await?;
+            let text =
+                Box::pin(crate::publish::read_body(body, policy.max_body_bytes, runtime.body_read_timeout)).await?;
             let data = web.decode_body(text).map_err(|e| {
                 GatewayError::new(ErrorKind::BadRequest, format!("gRPC-Web text body is not base64: {e}"))
             })?;
@@ -376,7 +372,7 @@ async fn proxy(
                 principal: principal_id.as_deref(),
             };
             let head = method == Method::HEAD;
-            match cache.lookup(&lookup_request).await {
+            match Box::pin(cache.lookup(&lookup_request)).await {
                 Lookup::Hit(entry) => {
                     let mut response = entry.to_response(head);
                     CacheStatus::Hit.set_header(response.headers_mut());
@@ -407,7 +403,7 @@ async fn proxy(
                             }
                         }
                     };
-                    let outcome = ticket.fetch(fetch).await?;
+                    let outcome = Box::pin(ticket.fetch(fetch)).await?;
                     let mut response = match outcome.served {
                         Served::Complete(entry) => entry.to_response(head),
                         Served::Passthrough(response) => response,
