@@ -25,10 +25,18 @@ use gateway_traffic::compress::{compress_response, should_compress};
 use gateway_traffic::headers::TransformContext;
 
 /// Facts about the client connection every request on it shares.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct ConnInfo {
     pub peer: IpAddr,
     pub tls: bool,
+    /// The peer as an `x-forwarded-for` entry, rendered once for the connection.
+    pub forwarded_for: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: IpAddr, tls: bool) -> Self {
+        ConnInfo { peer, tls, forwarded_for: headers::forwarded_for(peer) }
+    }
 }
 
 /// Serve one request. Never fails: every error becomes the JSON (or gRPC) answer.
@@ -66,7 +74,7 @@ pub async fn handle(
         .start();
     let result = match verdict.and_then(|v| v.problem) {
         Some(problem) => Err(bad_framing(problem.message())),
-        None => proxy(req, conn, &runtime, &request_id, &mut span, &mut route_idx, &mut upstream).await,
+        None => proxy(req, &conn, &runtime, &request_id, &mut span, &mut route_idx, &mut upstream).await,
     };
     let error_code = result.as_ref().err().map(|e| e.kind.code());
     let mut response = match result {
@@ -117,7 +125,7 @@ pub async fn handle(
 
 async fn proxy(
     mut req: Request<Incoming>,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     runtime: &Runtime,
     request_id: &RequestId,
     span: &mut ActiveSpan,
@@ -312,7 +320,8 @@ async fn proxy(
         parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(UPGRADE, protocol.clone());
     }
-    headers::set_forwarded(&mut parts.headers, &client, if conn.tls { "https" } else { "http" });
+    let proto = if conn.tls { "https" } else { "http" };
+    headers::set_forwarded(&mut parts.headers, &client, &conn.forwarded_for, proto);
     parts.headers.insert(X_REQUEST_ID, request_id.header_value().clone());
     // gRPC-Web from a browser becomes gRPC upstream, and its answer gRPC-Web again.
     let grpc_web = if policy.grpc_web { GrpcWeb::of(&parts.headers) } else { None };
