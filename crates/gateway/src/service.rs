@@ -7,6 +7,7 @@ use std::time::Instant;
 use gateway_core::{Body, ErrorKind, GatewayError, RequestId, X_REQUEST_ID};
 use gateway_proxy::grpc::{self, GrpcWeb, GRPC_TIMEOUT};
 use gateway_proxy::{headers, ClientAddr, RequestBody};
+use gateway_registry::EndpointState;
 use gateway_router::RouteMiss;
 use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, UPGRADE};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -113,7 +114,7 @@ pub async fn handle(
             policy,
             method: &method,
             path: &path,
-            upstream: upstream.as_deref(),
+            upstream: upstream.as_deref().map(EndpointState::address),
             error: error_code,
             trace_id: trace_id.as_deref(),
             elapsed,
@@ -130,11 +131,12 @@ async fn proxy(
     request_id: &RequestId,
     span: &mut ActiveSpan,
     route_idx: &mut Option<usize>,
-    upstream_addr: &mut Option<String>,
+    upstream_addr: &mut Option<Arc<EndpointState>>,
 ) -> Result<Response<Body>, GatewayError> {
     check_framing(&req)?;
     check_head_size(&req, runtime.max_header_bytes)?;
     let host = routing_host(&req)?;
+    let host = host.as_ref().map(RoutingHost::as_str);
     // The URI is cheap to clone (shared bytes) and lets the normalised path borrow from it
     // while the request moves on.
     let uri = req.uri().clone();
@@ -146,14 +148,12 @@ async fn proxy(
     // A WebSocket over HTTP/2 (extended CONNECT) is matched as the GET it is in HTTP/1.1.
     let h2_websocket = is_extended_connect(&req);
     let match_method = if h2_websocket { &Method::GET } else { preflight.as_ref().unwrap_or(req.method()) };
-    let matched =
-        runtime.routes.find(host.as_deref(), match_method, &path, req.headers()).map_err(|miss| match miss {
-            RouteMiss::NotFound => GatewayError::new(ErrorKind::RouteNotFound, "no route matches this request"),
-            RouteMiss::MethodNotAllowed { allow } => {
-                GatewayError::new(ErrorKind::MethodNotAllowed, "method not allowed on this route")
-                    .with_header(ALLOW, allow)
-            }
-        })?;
+    let matched = runtime.routes.find(host, match_method, &path, req.headers()).map_err(|miss| match miss {
+        RouteMiss::NotFound => GatewayError::new(ErrorKind::RouteNotFound, "no route matches this request"),
+        RouteMiss::MethodNotAllowed { allow } => {
+            GatewayError::new(ErrorKind::MethodNotAllowed, "method not allowed on this route").with_header(ALLOW, allow)
+        }
+    })?;
     *route_idx = Some(matched.route);
     let policy: &RoutePolicy = &runtime.policies[matched.route];
     span.set_route(&policy.trace_name);
@@ -294,10 +294,6 @@ async fn proxy(
     let tunnel_in_flight = req.extensions_mut().remove::<crate::keepalive::InFlight>();
 
     let upstream_path = runtime.routes.upstream_path(&matched, &path);
-    let path_and_query = match uri.query() {
-        Some(q) => format!("{upstream_path}?{q}"),
-        None => upstream_path.into_owned(),
-    };
     let (mut parts, body) = req.into_parts();
     if h2_websocket {
         // RFC 8441 to RFC 6455: the upstream gets the HTTP/1.1 handshake, with a key of
@@ -306,10 +302,9 @@ async fn proxy(
         parts.headers.insert(http::header::SEC_WEBSOCKET_KEY, websocket_key());
         parts.headers.entry(http::header::SEC_WEBSOCKET_VERSION).or_insert(HeaderValue::from_static("13"));
     }
-    parts.uri = http::Uri::try_from(path_and_query)
-        .map_err(|e| GatewayError::new(ErrorKind::BadRequest, format!("malformed request target: {e}")))?;
+    parts.uri = upstream_target(&uri, &upstream_path)?;
     if !parts.headers.contains_key(HOST) {
-        if let Some(host) = &host {
+        if let Some(host) = host {
             if let Ok(v) = HeaderValue::from_str(host) {
                 parts.headers.insert(HOST, v);
             }
@@ -373,7 +368,7 @@ async fn proxy(
                 principal.as_ref().map(|p| format!("{}:{}", p.provider, p.subject.as_deref().unwrap_or("")));
             let lookup_request = CacheRequest {
                 method: &method,
-                host: host.as_deref().unwrap_or(""),
+                host: host.unwrap_or(""),
                 path: &path,
                 query: uri.query(),
                 headers: &parts.headers,
@@ -481,12 +476,26 @@ async fn proxy(
     Ok(response)
 }
 
+/// The request target sent upstream: the client's own path and query when the route
+/// leaves the path as it came (shared, not copied), else the route's path with the query.
+fn upstream_target(uri: &http::Uri, upstream_path: &str) -> Result<http::Uri, GatewayError> {
+    if let Some(target) = uri.path_and_query().filter(|target| target.path() == upstream_path) {
+        return Ok(http::Uri::from(target.clone()));
+    }
+    let target = match uri.query() {
+        Some(q) => format!("{upstream_path}?{q}"),
+        None => upstream_path.to_owned(),
+    };
+    http::Uri::try_from(target)
+        .map_err(|e| GatewayError::new(ErrorKind::BadRequest, format!("malformed request target: {e}")))
+}
+
 /// Send upstream through the service's balancer, breakers and retries, remembering
 /// which endpoint answered (for the access log).
 async fn send(
     service: &ServiceRuntime,
     call: upstream::Call<'_>,
-    upstream_addr: &mut Option<String>,
+    upstream_addr: &mut Option<Arc<EndpointState>>,
 ) -> Result<Response<Body>, GatewayError> {
     match upstream::call(service, call).await {
         Ok(answered) => {
@@ -669,21 +678,20 @@ fn check_head_size(req: &Request<Incoming>, limit: u64) -> Result<(), GatewayErr
 
 /// The host a request is for: the authority of an absolute-form target (only when it
 /// agrees with `Host`), else `Host`.
-fn routing_host(req: &Request<Incoming>) -> Result<Option<String>, GatewayError> {
-    let header = req.headers().get(HOST).map(|h| h.to_str().map(str::to_owned));
-    let header = match header {
-        Some(Ok(h)) => Some(h),
-        Some(Err(_)) => return Err(GatewayError::new(ErrorKind::BadRequest, "malformed host header")),
+fn routing_host(req: &Request<Incoming>) -> Result<Option<RoutingHost>, GatewayError> {
+    let header = match req.headers().get(HOST) {
+        Some(h) if h.to_str().is_ok() => Some(h.clone()),
+        Some(_) => return Err(GatewayError::new(ErrorKind::BadRequest, "malformed host header")),
         None => None,
     };
     if req.headers().get_all(HOST).iter().count() > 1 {
         return Err(GatewayError::new(ErrorKind::BadRequest, "several host headers").closing());
     }
     match req.uri().authority() {
-        None => Ok(header),
+        None => Ok(header.map(RoutingHost::Header)),
         Some(authority) => {
             if req.version() <= Version::HTTP_11 {
-                let agrees = header.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(authority.as_str()));
+                let agrees = header.is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()));
                 if !agrees {
                     return Err(GatewayError::new(
                         ErrorKind::BadRequest,
@@ -692,7 +700,24 @@ fn routing_host(req: &Request<Incoming>) -> Result<Option<String>, GatewayError>
                     .closing());
                 }
             }
-            Ok(Some(authority.as_str().to_owned()))
+            Ok(Some(RoutingHost::Authority(authority.clone())))
+        }
+    }
+}
+
+/// The host a request is routed by, sharing the request's bytes (no copy per request).
+enum RoutingHost {
+    /// The `Host` header, checked to be visible ASCII.
+    Header(HeaderValue),
+    /// The authority of the request target (HTTP/2, absolute-form).
+    Authority(http::uri::Authority),
+}
+
+impl RoutingHost {
+    fn as_str(&self) -> &str {
+        match self {
+            RoutingHost::Header(value) => value.to_str().unwrap_or_default(),
+            RoutingHost::Authority(authority) => authority.as_str(),
         }
     }
 }
