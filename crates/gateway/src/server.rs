@@ -129,7 +129,7 @@ async fn serve_connection(
                 Ok(Ok(is_h2)) => is_h2,
                 _ => return,
             };
-            let conn = ConnInfo { peer: peer.ip(), tls: false };
+            let conn = ConnInfo::new(peer.ip(), false);
             serve_http(stream, is_h2, conn, shared, shutdown).await;
         }
         Some(acceptor) => {
@@ -147,7 +147,7 @@ async fn serve_connection(
             };
             shared.metrics.tls_handshake(true);
             let is_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let conn = ConnInfo { peer: peer.ip(), tls: true };
+            let conn = ConnInfo::new(peer.ip(), true);
             serve_http(stream, is_h2, conn, shared, shutdown).await;
         }
     }
@@ -177,7 +177,7 @@ where
             }
             // Boxed: the request future is large (every route action lives in it), and
             // hyper keeps the service future inline in each connection, idle ones included.
-            let answer = Box::pin(handle(req, conn, verdicts.clone(), shared.clone()));
+            let answer = Box::pin(handle(req, conn.clone(), verdicts.clone(), shared.clone()));
             async move { Ok::<_, hyper::Error>(answer.await?.map(|body| Tracked::new(body, in_flight))) }
         })
     };

@@ -7,6 +7,7 @@ use std::time::Instant;
 use gateway_core::{Body, ErrorKind, GatewayError, RequestId, X_REQUEST_ID};
 use gateway_proxy::grpc::{self, GrpcWeb, GRPC_TIMEOUT};
 use gateway_proxy::{headers, ClientAddr, RequestBody};
+use gateway_registry::EndpointState;
 use gateway_router::RouteMiss;
 use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, UPGRADE};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -25,10 +26,18 @@ use gateway_traffic::compress::{compress_response, should_compress};
 use gateway_traffic::headers::TransformContext;
 
 /// Facts about the client connection every request on it shares.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct ConnInfo {
     pub peer: IpAddr,
     pub tls: bool,
+    /// The peer as an `x-forwarded-for` entry, rendered once for the connection.
+    pub forwarded_for: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: IpAddr, tls: bool) -> Self {
+        ConnInfo { peer, tls, forwarded_for: headers::forwarded_for(peer) }
+    }
 }
 
 /// Serve one request. Never fails: every error becomes the JSON (or gRPC) answer.
@@ -66,7 +75,7 @@ pub async fn handle(
         .start();
     let result = match verdict.and_then(|v| v.problem) {
         Some(problem) => Err(bad_framing(problem.message())),
-        None => proxy(req, conn, &runtime, &request_id, &mut span, &mut route_idx, &mut upstream).await,
+        None => proxy(req, &conn, &runtime, &request_id, &mut span, &mut route_idx, &mut upstream).await,
     };
     let error_code = result.as_ref().err().map(|e| e.kind.code());
     let mut response = match result {
@@ -105,7 +114,7 @@ pub async fn handle(
             policy,
             method: &method,
             path: &path,
-            upstream: upstream.as_deref(),
+            upstream: upstream.as_deref().map(EndpointState::address),
             error: error_code,
             trace_id: trace_id.as_deref(),
             elapsed,
@@ -117,16 +126,17 @@ pub async fn handle(
 
 async fn proxy(
     mut req: Request<Incoming>,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     runtime: &Runtime,
     request_id: &RequestId,
     span: &mut ActiveSpan,
     route_idx: &mut Option<usize>,
-    upstream_addr: &mut Option<String>,
+    upstream_addr: &mut Option<Arc<EndpointState>>,
 ) -> Result<Response<Body>, GatewayError> {
     check_framing(&req)?;
     check_head_size(&req, runtime.max_header_bytes)?;
     let host = routing_host(&req)?;
+    let host = host.as_ref().map(RoutingHost::as_str);
     // The URI is cheap to clone (shared bytes) and lets the normalised path borrow from it
     // while the request moves on.
     let uri = req.uri().clone();
@@ -138,14 +148,12 @@ async fn proxy(
     // A WebSocket over HTTP/2 (extended CONNECT) is matched as the GET it is in HTTP/1.1.
     let h2_websocket = is_extended_connect(&req);
     let match_method = if h2_websocket { &Method::GET } else { preflight.as_ref().unwrap_or(req.method()) };
-    let matched =
-        runtime.routes.find(host.as_deref(), match_method, &path, req.headers()).map_err(|miss| match miss {
-            RouteMiss::NotFound => GatewayError::new(ErrorKind::RouteNotFound, "no route matches this request"),
-            RouteMiss::MethodNotAllowed { allow } => {
-                GatewayError::new(ErrorKind::MethodNotAllowed, "method not allowed on this route")
-                    .with_header(ALLOW, allow)
-            }
-        })?;
+    let matched = runtime.routes.find(host, match_method, &path, req.headers()).map_err(|miss| match miss {
+        RouteMiss::NotFound => GatewayError::new(ErrorKind::RouteNotFound, "no route matches this request"),
+        RouteMiss::MethodNotAllowed { allow } => {
+            GatewayError::new(ErrorKind::MethodNotAllowed, "method not allowed on this route").with_header(ALLOW, allow)
+        }
+    })?;
     *route_idx = Some(matched.route);
     let policy: &RoutePolicy = &runtime.policies[matched.route];
     span.set_route(&policy.trace_name);
@@ -178,7 +186,7 @@ async fn proxy(
     let principal = match &policy.auth {
         None => None,
         Some(auth) => {
-            let principal = auth.check(req.headers(), req.uri().query()).await?;
+            let principal = Box::pin(auth.check(req.headers(), req.uri().query())).await?;
             identity = auth.upstream_headers(&principal);
             for (name, value) in &identity {
                 req.headers_mut().insert(name.clone(), value.clone());
@@ -192,7 +200,7 @@ async fn proxy(
 
     let rate = match &policy.limits {
         None => None,
-        Some(limits) => match limits.check(client.ip, req.headers(), principal.as_ref()).await {
+        Some(limits) => match Box::pin(limits.check(client.ip, req.headers(), principal.as_ref())).await {
             Ok(decision) => decision,
             Err(refused) => {
                 policy.metrics.rate_limited();
@@ -241,17 +249,12 @@ async fn proxy(
                 part_timeout: policy.timeout,
                 max_body: policy.max_body_bytes,
             };
-            let answer = action
-                .aggregate
-                .run(
-                    ctx,
-                    &crate::aggregate::Fetcher {
-                        services: &action.services,
-                        client_ip: client.ip,
-                        trace: Some((&runtime.tracer, &*span)),
-                    },
-                )
-                .await?;
+            let fetcher = crate::aggregate::Fetcher {
+                services: &action.services,
+                client_ip: client.ip,
+                trace: Some((&runtime.tracer, &*span)),
+            };
+            let answer = Box::pin(action.aggregate.run(ctx, &fetcher)).await?;
             let mut response = Response::new(gateway_core::full(answer.body.clone()));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             if let Some(partial) = answer.partial_header() {
@@ -264,7 +267,7 @@ async fn proxy(
         }
         Action::Publish(action) => {
             let mut response =
-                crate::publish::publish(action, req, &matched.params, policy, runtime, request_id).await?;
+                Box::pin(crate::publish::publish(action, req, &matched.params, policy, runtime, request_id)).await?;
             if let Some(decision) = rate {
                 decision.write_headers(response.headers_mut());
             }
@@ -291,10 +294,6 @@ async fn proxy(
     let tunnel_in_flight = req.extensions_mut().remove::<crate::keepalive::InFlight>();
 
     let upstream_path = runtime.routes.upstream_path(&matched, &path);
-    let path_and_query = match uri.query() {
-        Some(q) => format!("{upstream_path}?{q}"),
-        None => upstream_path.into_owned(),
-    };
     let (mut parts, body) = req.into_parts();
     if h2_websocket {
         // RFC 8441 to RFC 6455: the upstream gets the HTTP/1.1 handshake, with a key of
@@ -303,10 +302,9 @@ async fn proxy(
         parts.headers.insert(http::header::SEC_WEBSOCKET_KEY, websocket_key());
         parts.headers.entry(http::header::SEC_WEBSOCKET_VERSION).or_insert(HeaderValue::from_static("13"));
     }
-    parts.uri = http::Uri::try_from(path_and_query)
-        .map_err(|e| GatewayError::new(ErrorKind::BadRequest, format!("malformed request target: {e}")))?;
+    parts.uri = upstream_target(&uri, &upstream_path)?;
     if !parts.headers.contains_key(HOST) {
-        if let Some(host) = &host {
+        if let Some(host) = host {
             if let Ok(v) = HeaderValue::from_str(host) {
                 parts.headers.insert(HOST, v);
             }
@@ -317,7 +315,8 @@ async fn proxy(
         parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(UPGRADE, protocol.clone());
     }
-    headers::set_forwarded(&mut parts.headers, &client, if conn.tls { "https" } else { "http" });
+    let proto = if conn.tls { "https" } else { "http" };
+    headers::set_forwarded(&mut parts.headers, &client, &conn.forwarded_for, proto);
     parts.headers.insert(X_REQUEST_ID, request_id.header_value().clone());
     // gRPC-Web from a browser becomes gRPC upstream, and its answer gRPC-Web again.
     let grpc_web = if policy.grpc_web { GrpcWeb::of(&parts.headers) } else { None };
@@ -334,7 +333,8 @@ async fn proxy(
     let body = match grpc_web {
         // gRPC-Web text comes whole from browsers (no client streaming): decode it.
         Some(web @ GrpcWeb::Text) => {
-            let text = crate::publish::read_body(body, policy.max_body_bytes, runtime.body_read_timeout).await?;
+            let text =
+                Box::pin(crate::publish::read_body(body, policy.max_body_bytes, runtime.body_read_timeout)).await?;
             let data = web.decode_body(text).map_err(|e| {
                 GatewayError::new(ErrorKind::BadRequest, format!("gRPC-Web text body is not base64: {e}"))
             })?;
@@ -368,7 +368,7 @@ async fn proxy(
                 principal.as_ref().map(|p| format!("{}:{}", p.provider, p.subject.as_deref().unwrap_or("")));
             let lookup_request = CacheRequest {
                 method: &method,
-                host: host.as_deref().unwrap_or(""),
+                host: host.unwrap_or(""),
                 path: &path,
                 query: uri.query(),
                 headers: &parts.headers,
@@ -376,7 +376,7 @@ async fn proxy(
                 principal: principal_id.as_deref(),
             };
             let head = method == Method::HEAD;
-            match cache.lookup(&lookup_request).await {
+            match Box::pin(cache.lookup(&lookup_request)).await {
                 Lookup::Hit(entry) => {
                     let mut response = entry.to_response(head);
                     CacheStatus::Hit.set_header(response.headers_mut());
@@ -407,7 +407,7 @@ async fn proxy(
                             }
                         }
                     };
-                    let outcome = ticket.fetch(fetch).await?;
+                    let outcome = Box::pin(ticket.fetch(fetch)).await?;
                     let mut response = match outcome.served {
                         Served::Complete(entry) => entry.to_response(head),
                         Served::Passthrough(response) => response,
@@ -476,12 +476,26 @@ async fn proxy(
     Ok(response)
 }
 
+/// The request target sent upstream: the client's own path and query when the route
+/// leaves the path as it came (shared, not copied), else the route's path with the query.
+fn upstream_target(uri: &http::Uri, upstream_path: &str) -> Result<http::Uri, GatewayError> {
+    if let Some(target) = uri.path_and_query().filter(|target| target.path() == upstream_path) {
+        return Ok(http::Uri::from(target.clone()));
+    }
+    let target = match uri.query() {
+        Some(q) => format!("{upstream_path}?{q}"),
+        None => upstream_path.to_owned(),
+    };
+    http::Uri::try_from(target)
+        .map_err(|e| GatewayError::new(ErrorKind::BadRequest, format!("malformed request target: {e}")))
+}
+
 /// Send upstream through the service's balancer, breakers and retries, remembering
 /// which endpoint answered (for the access log).
 async fn send(
     service: &ServiceRuntime,
     call: upstream::Call<'_>,
-    upstream_addr: &mut Option<String>,
+    upstream_addr: &mut Option<Arc<EndpointState>>,
 ) -> Result<Response<Body>, GatewayError> {
     match upstream::call(service, call).await {
         Ok(answered) => {
@@ -664,21 +678,20 @@ fn check_head_size(req: &Request<Incoming>, limit: u64) -> Result<(), GatewayErr
 
 /// The host a request is for: the authority of an absolute-form target (only when it
 /// agrees with `Host`), else `Host`.
-fn routing_host(req: &Request<Incoming>) -> Result<Option<String>, GatewayError> {
-    let header = req.headers().get(HOST).map(|h| h.to_str().map(str::to_owned));
-    let header = match header {
-        Some(Ok(h)) => Some(h),
-        Some(Err(_)) => return Err(GatewayError::new(ErrorKind::BadRequest, "malformed host header")),
+fn routing_host(req: &Request<Incoming>) -> Result<Option<RoutingHost>, GatewayError> {
+    let header = match req.headers().get(HOST) {
+        Some(h) if h.to_str().is_ok() => Some(h.clone()),
+        Some(_) => return Err(GatewayError::new(ErrorKind::BadRequest, "malformed host header")),
         None => None,
     };
     if req.headers().get_all(HOST).iter().count() > 1 {
         return Err(GatewayError::new(ErrorKind::BadRequest, "several host headers").closing());
     }
     match req.uri().authority() {
-        None => Ok(header),
+        None => Ok(header.map(RoutingHost::Header)),
         Some(authority) => {
             if req.version() <= Version::HTTP_11 {
-                let agrees = header.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(authority.as_str()));
+                let agrees = header.is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()));
                 if !agrees {
                     return Err(GatewayError::new(
                         ErrorKind::BadRequest,
@@ -687,7 +700,24 @@ fn routing_host(req: &Request<Incoming>) -> Result<Option<String>, GatewayError>
                     .closing());
                 }
             }
-            Ok(Some(authority.as_str().to_owned()))
+            Ok(Some(RoutingHost::Authority(authority.clone())))
+        }
+    }
+}
+
+/// The host a request is routed by, sharing the request's bytes (no copy per request).
+enum RoutingHost {
+    /// The `Host` header, checked to be visible ASCII.
+    Header(HeaderValue),
+    /// The authority of the request target (HTTP/2, absolute-form).
+    Authority(http::uri::Authority),
+}
+
+impl RoutingHost {
+    fn as_str(&self) -> &str {
+        match self {
+            RoutingHost::Header(value) => value.to_str().unwrap_or_default(),
+            RoutingHost::Authority(authority) => authority.as_str(),
         }
     }
 }

@@ -19,10 +19,10 @@
 //! scanning for the rest of the connection: such connections are closed, refused by
 //! hyper, or turned into tunnels whose bytes are not HTTP.
 
-use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
@@ -78,27 +78,72 @@ impl HeadProblem {
     }
 }
 
+impl HeadProblem {
+    const ALL: [HeadProblem; 9] = [
+        Self::ContentLengthWithTransferEncoding,
+        Self::ConflictingContentLength,
+        Self::InvalidContentLength,
+        Self::TransferEncodingNotChunked,
+        Self::BareLineFeed,
+        Self::BareCarriageReturn,
+        Self::Nul,
+        Self::ObsFold,
+        Self::FragmentInTarget,
+    ];
+}
+
 /// Per-connection queue of verdicts, one per request head in arrival order.
 ///
 /// The scanner (inside hyper's reads) pushes, the service pops; both run on the
-/// connection's task, so the lock is never contended.
+/// connection's task. The scanner stops at the first problem, so only the last verdict
+/// pushed can carry one: two counters and that problem stand for the whole queue, with
+/// no lock and no allocation.
 #[derive(Clone, Default)]
-pub struct Verdicts(Arc<Mutex<VecDeque<HeadVerdict>>>);
+pub struct Verdicts(Arc<Queue>);
+
+#[derive(Default)]
+struct Queue {
+    /// Verdicts pushed so far.
+    pushed: AtomicU64,
+    /// Verdicts popped so far.
+    popped: AtomicU64,
+    /// The problem of the last verdict pushed: 0 for none, else its index in
+    /// [`HeadProblem::ALL`] plus one.
+    problem: AtomicU8,
+}
 
 impl Verdicts {
     /// The verdict for the next request. Call exactly once per request, in order.
     /// Empty (no problem) once the scanner has stopped following the connection.
     pub fn pop(&self) -> HeadVerdict {
-        self.lock().pop_front().unwrap_or_default()
+        let queue = &*self.0;
+        let popped = queue.popped.load(Ordering::Relaxed);
+        let pushed = queue.pushed.load(Ordering::Acquire);
+        if popped >= pushed {
+            return HeadVerdict::default();
+        }
+        queue.popped.store(popped + 1, Ordering::Relaxed);
+        if popped + 1 < pushed {
+            return HeadVerdict::default();
+        }
+        let code = usize::from(queue.problem.load(Ordering::Relaxed));
+        HeadVerdict { problem: code.checked_sub(1).and_then(|i| HeadProblem::ALL.get(i).copied()) }
+    }
+
+    /// Verdicts pushed and not popped yet.
+    #[cfg(test)]
+    fn len(&self) -> u64 {
+        self.0.pushed.load(Ordering::Relaxed) - self.0.popped.load(Ordering::Relaxed)
     }
 
     fn push(&self, verdict: HeadVerdict) {
-        self.lock().push_back(verdict);
-    }
-
-    fn lock(&self) -> MutexGuard<'_, VecDeque<HeadVerdict>> {
-        // The queue holds plain values: a panic elsewhere cannot leave it half-updated.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        let queue = &*self.0;
+        if let Some(problem) = verdict.problem {
+            let index = HeadProblem::ALL.iter().position(|p| *p == problem).unwrap_or(0);
+            queue.problem.store(u8::try_from(index + 1).unwrap_or(u8::MAX), Ordering::Relaxed);
+        }
+        let pushed = queue.pushed.load(Ordering::Relaxed);
+        queue.pushed.store(pushed + 1, Ordering::Release);
     }
 }
 
@@ -213,6 +258,18 @@ impl HeadScanner {
                     self.state = chunk.step(byte);
                 }
                 State::Head(head) => {
+                    // Runs of bytes that need no look one by one (most of a head) go at once.
+                    let run = head.plain_run(bytes);
+                    if run > 0 {
+                        head.bytes += run;
+                        if head.bytes > MAX_HEAD_BYTES {
+                            self.state = State::Passthrough;
+                            continue;
+                        }
+                        head.skip_plain(&bytes[..run]);
+                        bytes = &bytes[run..];
+                        continue;
+                    }
                     bytes = rest;
                     head.bytes += 1;
                     if head.bytes > MAX_HEAD_BYTES {
@@ -282,6 +339,36 @@ struct Head {
 }
 
 impl Head {
+    /// How many of the next bytes can be taken as a run: bytes that are neither a line
+    /// ending nor NUL inside a header value that does not matter for framing, in the
+    /// request line after the target, or inside a header name before its colon. Taking
+    /// them one by one would change nothing but the counters and the name buffer.
+    fn plain_run(&self, bytes: &[u8]) -> usize {
+        if self.cr {
+            return 0;
+        }
+        let colon_ends = match self.line {
+            Line::Value if matches!(self.field, Field::Other) => false,
+            Line::Request if self.spaces >= 2 => false,
+            // The first byte of a name line is where obs-fold shows.
+            Line::Name if self.line_len > 0 => true,
+            _ => return 0,
+        };
+        bytes.iter().position(|&b| matches!(b, b'\r' | b'\n' | 0) || (colon_ends && b == b':')).unwrap_or(bytes.len())
+    }
+
+    /// Take a run that [`plain_run`](Self::plain_run) measured.
+    fn skip_plain(&mut self, run: &[u8]) {
+        if self.line == Line::Name {
+            let start = self.name_len.min(NAME_CAP);
+            for (slot, byte) in self.name[start..].iter_mut().zip(run) {
+                *slot = byte.to_ascii_lowercase();
+            }
+            self.name_len = self.name_len.saturating_add(run.len());
+        }
+        self.line_len += run.len();
+    }
+
     /// Take one byte; `Ok(true)` once the empty line ending the head is complete.
     fn byte(&mut self, byte: u8) -> Result<bool, HeadProblem> {
         if std::mem::take(&mut self.cr) {
@@ -644,7 +731,8 @@ mod tests {
         for piece in pieces {
             scanner.scan(piece, &verdicts);
         }
-        let problems = verdicts.lock().iter().map(|v| v.problem).collect();
+        let problems = (0..verdicts.len()).map(|_| verdicts.pop().problem).collect();
+        assert_eq!(verdicts.pop(), HeadVerdict::default(), "an empty queue has no problem");
         Outcome {
             problems,
             passthrough: matches!(scanner.state, State::Passthrough),

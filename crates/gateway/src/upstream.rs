@@ -6,6 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -92,11 +93,14 @@ pub struct Call<'a> {
 /// The answer and the endpoint that gave it.
 pub struct Answered {
     pub response: Response<Body>,
-    pub endpoint: String,
+    pub endpoint: Arc<EndpointState>,
 }
 
 /// Call `service`, with its balancer, breakers, passive health and retries.
-pub async fn call(service: &ServiceRuntime, call: Call<'_>) -> Result<Answered, (GatewayError, Option<String>)> {
+pub async fn call(
+    service: &ServiceRuntime,
+    call: Call<'_>,
+) -> Result<Answered, (GatewayError, Option<Arc<EndpointState>>)> {
     let started = Instant::now();
     let deadline = started + call.timeout;
     let retryable_request =
@@ -117,7 +121,8 @@ pub async fn call(service: &ServiceRuntime, call: Call<'_>) -> Result<Answered, 
         let now = Instant::now();
         let hash_headers: &HeaderMap = headers.as_ref().unwrap_or(&EMPTY_HEADERS);
         let (picked, permit) = pick(service, hash_headers, call.client_ip, &tried, now).map_err(|e| (e, None))?;
-        let address = picked.address().to_owned();
+        let endpoint_state = picked.state().clone();
+        let address = endpoint_state.address();
         let left = deadline.saturating_duration_since(now);
         let per_try = service.retry.as_ref().and_then(|r| r.per_try_timeout()).map_or(left, |t| t.min(left));
 
@@ -164,7 +169,7 @@ pub async fn call(service: &ServiceRuntime, call: Call<'_>) -> Result<Answered, 
                     .endpoints
                     .report(picked.state(), gateway_registry::Outcome::Response { latency: picked.elapsed() });
                 let failed = permit.as_ref().is_some_and(|(breaker, _)| breaker.is_failure_status(status));
-                record(service, &address, permit, !failed);
+                record(service, address, permit, !failed);
                 // Whether a status is worth a retry is the retry policy's call (`retry_on`).
                 (status >= 400).then_some(FailureKind::Status(status))
             }
@@ -175,7 +180,7 @@ pub async fn call(service: &ServiceRuntime, call: Call<'_>) -> Result<Answered, 
                     _ => gateway_registry::Outcome::Failure,
                 };
                 service.endpoints.report(picked.state(), passive);
-                record(service, &address, permit, false);
+                record(service, address, permit, false);
                 Some(kind)
             }
         };
@@ -191,13 +196,13 @@ pub async fn call(service: &ServiceRuntime, call: Call<'_>) -> Result<Answered, 
                 Ok(response) => {
                     // The in-flight count lasts until the body ends.
                     let response = response.map(|body| body.guarded(Box::new(picked)));
-                    Ok(Answered { response, endpoint: address })
+                    Ok(Answered { response, endpoint: endpoint_state })
                 }
-                Err(err) => Err((err, Some(address))),
+                Err(err) => Err((err, Some(endpoint_state))),
             };
         }
         service.metrics_retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tried.push(address);
+        tried.push(address.to_owned());
         drop(picked);
         if let Some(policy) = &service.retry {
             let pause = policy.backoff(tries, gateway_core::random_u64());

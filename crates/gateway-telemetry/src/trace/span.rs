@@ -124,43 +124,48 @@ impl SpanBuilder {
                 recording,
                 remote_parent,
                 start_unix_nanos: 0,
-                attributes: Attributes::default(),
+                attributes: recording.then(Box::default),
             },
         }
     }
 
     /// The context this span will have (see [`ActiveSpan::context`]).
+    #[inline]
     pub fn context(&self) -> TraceContext {
         self.span.context
     }
 
     /// Whether the span will be exported; when not, every setter is a no-op.
+    #[inline]
     pub fn is_recording(&self) -> bool {
         self.span.recording
     }
 
     /// `http.request.method`.
+    #[inline]
     pub fn method(mut self, method: &Method) -> Self {
-        if self.span.recording {
-            self.span.attributes.method = Some(method.clone());
+        if let Some(attributes) = self.span.attributes.as_deref_mut() {
+            attributes.method = Some(method.clone());
         }
         self
     }
 
     /// `url.path` of a server span (the path as the client sent it), or the upstream path
     /// in a client span's `url.full`. The query is never exported: it may carry secrets.
+    #[inline]
     pub fn path(mut self, path: Option<&PathAndQuery>) -> Self {
-        if self.span.recording {
-            self.span.attributes.path = path.cloned();
+        if let Some(attributes) = self.span.attributes.as_deref_mut() {
+            attributes.path = path.cloned();
         }
         self
     }
 
     /// Server span: the request's `Host` header, for `server.address` and `server.port`.
+    #[inline]
     pub fn host(mut self, host: Option<&HeaderValue>) -> Self {
-        if self.span.recording {
+        if let Some(attributes) = self.span.attributes.as_deref_mut() {
             if let Some(host) = host {
-                self.span.attributes.host = Some(Host::Header(host.clone()));
+                attributes.host = Some(Host::Header(host.clone()));
             }
         }
         self
@@ -168,75 +173,84 @@ impl SpanBuilder {
 
     /// Server span: the request target's authority (HTTP/2 `:authority`, absolute-form
     /// targets), for `server.address` and `server.port`; takes the place of [`host`](Self::host).
+    #[inline]
     pub fn authority(mut self, authority: Option<&Authority>) -> Self {
-        if self.span.recording {
+        if let Some(attributes) = self.span.attributes.as_deref_mut() {
             if let Some(authority) = authority {
-                self.span.attributes.host = Some(Host::Authority(authority.clone()));
+                attributes.host = Some(Host::Authority(authority.clone()));
             }
         }
         self
     }
 
     /// Server span: whether the client connection is TLS (`url.scheme`).
+    #[inline]
     pub fn tls(mut self, tls: bool) -> Self {
-        if self.span.recording {
-            self.span.attributes.tls = Some(tls);
+        if let Some(attributes) = self.span.attributes.as_deref_mut() {
+            attributes.tls = Some(tls);
         }
         self
     }
 
     /// Server span: the client address as resolved through trusted proxies (`client.address`).
+    #[inline]
     pub fn client_address(mut self, ip: IpAddr) -> Self {
-        if self.span.recording {
-            self.span.attributes.client_ip = Some(ip);
+        if let Some(attributes) = self.span.attributes.as_deref_mut() {
+            attributes.client_ip = Some(ip);
         }
         self
     }
 
     /// Server span: `user_agent.original`.
+    #[inline]
     pub fn user_agent(mut self, user_agent: Option<&HeaderValue>) -> Self {
-        if self.span.recording {
-            self.span.attributes.user_agent = user_agent.cloned();
+        if let Some(attributes) = self.span.attributes.as_deref_mut() {
+            attributes.user_agent = user_agent.cloned();
         }
         self
     }
 
     /// `network.protocol.version` (`1.1`, `2`...).
+    #[inline]
     pub fn version(mut self, version: Version) -> Self {
-        if self.span.recording {
-            self.span.attributes.version = Some(version);
+        if let Some(attributes) = self.span.attributes.as_deref_mut() {
+            attributes.version = Some(version);
         }
         self
     }
 
     /// Client span: the upstream endpoint (`server.address`, `server.port`, `url.full`; and
     /// `network.peer.address` when the host is an IP address).
+    #[inline]
     pub fn upstream(mut self, scheme: &Scheme, authority: &Authority) -> Self {
-        if self.span.recording {
-            self.span.attributes.upstream_https = *scheme == Scheme::HTTPS;
-            self.span.attributes.upstream = Some(authority.clone());
+        if let Some(attributes) = self.span.attributes.as_deref_mut() {
+            attributes.upstream_https = *scheme == Scheme::HTTPS;
+            attributes.upstream = Some(authority.clone());
         }
         self
     }
 
     /// Client span: the upstream service's name (`peer.service`).
+    #[inline]
     pub fn service(mut self, name: &Arc<str>) -> Self {
-        if self.span.recording {
-            self.span.attributes.service = Some(name.clone());
+        if let Some(attributes) = self.span.attributes.as_deref_mut() {
+            attributes.service = Some(name.clone());
         }
         self
     }
 
     /// Client span: how many attempts came before this one (`http.request.resend_count`;
     /// retries are sibling client spans under the same server span).
+    #[inline]
     pub fn resend_count(mut self, count: u32) -> Self {
-        if self.span.recording {
-            self.span.attributes.resend_count = count;
+        if let Some(attributes) = self.span.attributes.as_deref_mut() {
+            attributes.resend_count = count;
         }
         self
     }
 
     /// Start the span now.
+    #[inline]
     pub fn start(mut self) -> ActiveSpan {
         if self.span.recording {
             self.span.start_unix_nanos = unix_nanos();
@@ -256,18 +270,22 @@ pub struct ActiveSpan {
     pub(crate) recording: bool,
     pub(crate) remote_parent: bool,
     pub(crate) start_unix_nanos: u64,
-    pub(crate) attributes: Attributes,
+    /// Present exactly when the span records: a span that does not (tracing off, or not
+    /// sampled) stays a few words, cheap to move through the request's futures.
+    pub(crate) attributes: Option<Box<Attributes>>,
 }
 
 impl ActiveSpan {
     /// This span's own context: its trace id, its span id, and the sampled flag the next hop
     /// should see. For a client span this is what goes upstream in `traceparent`.
+    #[inline]
     pub fn context(&self) -> TraceContext {
         self.context
     }
 
     /// `self.context().to_header()`: the `traceparent` to send to the upstream this (client)
     /// span calls.
+    #[inline]
     pub fn traceparent(&self) -> HeaderValue {
         self.context.to_header()
     }
@@ -280,11 +298,13 @@ impl ActiveSpan {
 
     /// Whether this server span continues a trace from a valid incoming `traceparent`. When
     /// it does not, an incoming `tracestate` belongs to no trace we continue: drop it.
+    #[inline]
     pub fn has_remote_parent(&self) -> bool {
         self.remote_parent
     }
 
     /// Whether the span will be exported; when not, every setter is a no-op.
+    #[inline]
     pub fn is_recording(&self) -> bool {
         self.recording
     }
@@ -295,18 +315,20 @@ impl ActiveSpan {
 
     /// Server span: the matched route's name (`http.route`, and the span name
     /// `"{method} {route}"`).
+    #[inline]
     pub fn set_route(&mut self, route: &Arc<str>) {
-        if self.recording {
-            self.attributes.route = Some(route.clone());
+        if let Some(attributes) = self.attributes.as_deref_mut() {
+            attributes.route = Some(route.clone());
         }
     }
 
     /// `http.response.status_code`: the status sent to the client (server span) or received
     /// from the upstream (client span). Server spans are errors from 500, client spans from
     /// 400 (HTTP semantic conventions).
+    #[inline]
     pub fn set_status_code(&mut self, status: u16) {
-        if self.recording {
-            self.attributes.status = status;
+        if let Some(attributes) = self.attributes.as_deref_mut() {
+            attributes.status = status;
         }
     }
 
@@ -314,25 +336,27 @@ impl ActiveSpan {
     /// (`route_not_found`, `gateway_timeout`...); on a client span, why the attempt got no
     /// response (`timeout`, `connect_failure`, `reset`): such a span is an error. Without
     /// it, an error status exports its code as `error.type`, as the conventions ask.
+    #[inline]
     pub fn set_error_type(&mut self, error_type: &'static str) {
-        if self.recording {
-            self.attributes.error_type = Some(error_type);
+        if let Some(attributes) = self.attributes.as_deref_mut() {
+            attributes.error_type = Some(error_type);
         }
     }
 
     /// Client span: the socket address actually connected to (`network.peer.address`,
     /// `network.peer.port`), e.g. from hyper-util's `HttpInfo::remote_addr`.
+    #[inline]
     pub fn set_peer(&mut self, peer: SocketAddr) {
-        if self.recording {
-            self.attributes.peer = Some(peer);
+        if let Some(attributes) = self.attributes.as_deref_mut() {
+            attributes.peer = Some(peer);
         }
     }
 
     /// Server span: the route's name (same as [`set_route`](Self::set_route)) when the
     /// route is only known as a `&str`. Allocates; prefer `set_route` with a shared name.
     pub fn set_route_str(&mut self, route: &str) {
-        if self.recording {
-            self.attributes.route = Some(Arc::from(route));
+        if let Some(attributes) = self.attributes.as_deref_mut() {
+            attributes.route = Some(Arc::from(route));
         }
     }
 
@@ -345,7 +369,7 @@ impl ActiveSpan {
             kind: self.kind,
             start_unix_nanos: self.start_unix_nanos,
             end_unix_nanos: end,
-            attributes: self.attributes,
+            attributes: self.attributes.map(|a| *a).unwrap_or_default(),
         }
     }
 }

@@ -23,8 +23,7 @@ fn verdicts(input: &[u8], cuts: &[usize]) -> Vec<bool> {
         scanner.scan(&input[at..cut.max(at)], &verdicts);
         at = cut.max(at);
     }
-    let out = verdicts.lock().iter().map(|v| v.problem.is_some()).collect();
-    out
+    (0..verdicts.len()).map(|_| verdicts.pop().problem.is_some()).collect()
 }
 
 /// Whether SPEC.md "Strict parsing" refuses this one complete request head, read whole.
