@@ -149,7 +149,7 @@ gateway_round() {
 # One round of the direct publisher on core 0; appends "direct msgs_per_s cpu_us_per_msg".
 direct_round() {
     local record="$1" out confirmed seconds cpu
-    local args=("$AMQP_URL" publish bench bench.msg)
+    local args=("${AMQP_URL:-}" publish bench bench.msg)
     [[ "$BROKER" == kafka ]] && args=("$BOOTSTRAP" produce bench)
     out="$(pinned "$PROXY_CORE" bash -c '"$@"; times' _ "$PUBLISHER" "${args[@]}" "$DURATION" "$CONNS" "$BODY_BYTES")" ||
         die "the direct publisher failed: $out"
