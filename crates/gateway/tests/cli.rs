@@ -56,18 +56,8 @@ fn sigterm_exits_zero_after_draining() {
         "run",
         "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n[services.a]\nendpoints = [\"http://127.0.0.1:1\"]\n",
     );
-    let mut child = gateway()
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Readiness signal: the "gateway started" log line.
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let started = lines.by_ref().map_while(Result::ok).find(|l| l.contains("gateway started"));
-    assert!(started.is_some(), "no start line");
+    let (mut child, _kill) = run_json(&path, Stdio::null());
+    await_start(&lines_of(child.stderr.take().unwrap()));
     let status = terminate(&mut child);
     assert!(status.success(), "exit status {status:?}");
 }
@@ -99,31 +89,10 @@ fn access_log_writes_one_json_line_per_request() {
              [services.gone]\nendpoints = [\"http://{closed}\"]\n[[routes]]\nname = \"down\"\npath_prefix = \"/down\"\nservice = \"gone\"\n"
         ),
     );
-    let mut child = gateway()
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let kill = KillOnDrop(child.id());
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok);
-    let started = stderr.find(|l| l.contains("gateway started")).expect("no start line");
-    // Keep reading the logs, as a terminal or a log collector would.
-    std::thread::spawn(move || stderr.for_each(drop));
-    let log: serde_json::Value = serde_json::from_str(&started).unwrap();
-    let addr = log["fields"]["addr"].as_str().expect("addr in the start line").to_owned();
-
-    // Lines arrive on a thread, so a missing line fails the test instead of hanging it.
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, kill) = run_json(&path, Stdio::piped());
+    // The logs are read all along, as a terminal or a log collector would.
+    let addr = await_start(&lines_of(child.stderr.take().unwrap()));
+    let lines = lines_of(child.stdout.take().unwrap());
     let request = |target: &str| {
         let mut stream = std::net::TcpStream::connect(&addr).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -172,14 +141,7 @@ fn a_closed_log_pipe_never_takes_requests_down() {
              [services.gone]\nendpoints = [\"http://{closed}\"]\n[[routes]]\nname = \"down\"\npath_prefix = \"/\"\nservice = \"gone\"\n"
         ),
     );
-    let mut child = gateway()
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _kill = KillOnDrop(child.id());
+    let (mut child, _kill) = run_json(&path, Stdio::null());
     let started = {
         let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok);
         stderr.find(|l| l.contains("gateway started")).expect("no start line")
@@ -208,32 +170,16 @@ fn reloads_are_logged_as_structured_events() {
     let config = "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
                   [services.a]\nendpoints = [\"http://127.0.0.1:1\"]\n";
     let path = temp_file("events", config);
-    let mut child = gateway()
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _kill = KillOnDrop(child.id());
-    let (lines_tx, lines) = std::sync::mpsc::channel::<serde_json::Value>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(json) = serde_json::from_str(&line) {
-                if lines_tx.send(json).is_err() {
-                    break;
-                }
-            }
-        }
-    });
+    let (mut child, _kill) = run_json(&path, Stdio::null());
+    let lines = lines_of(child.stderr.take().unwrap());
+    await_start(&lines);
     let next_event = |name: &str| loop {
         let line = lines.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("no `{name}` event"));
-        if line["fields"]["event"] == name || line["fields"]["message"] == "gateway started" && name == "started" {
-            return line;
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        if json["fields"]["event"] == name {
+            return json;
         }
     };
-    next_event("started");
     let hup = |pid: u32| Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
 
     std::fs::write(&path, format!("{config}[services.b]\nendpoints = [\"http://127.0.0.1:2\"]\n")).unwrap();
@@ -250,6 +196,45 @@ fn reloads_are_logged_as_structured_events() {
     assert!(failed["fields"]["error"].as_str().is_some_and(|e| e.contains("gateway.toml:1:")), "{failed}");
     assert_eq!(failed["level"], "ERROR");
     assert!(terminate(&mut child).success(), "a failed reload never stops the gateway");
+}
+
+/// `gateway --log-format json run --config PATH`, stderr piped, stdout as given; killed when
+/// the guard drops.
+fn run_json(path: &std::path::Path, stdout: Stdio) -> (std::process::Child, KillOnDrop) {
+    let child = gateway()
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(path)
+        .stderr(Stdio::piped())
+        .stdout(stdout)
+        .spawn()
+        .unwrap();
+    let kill = KillOnDrop(child.id());
+    (child, kill)
+}
+
+/// The lines of `output`, read on a thread all along, so a missing line fails a test
+/// (a receive with a timeout) instead of hanging it.
+fn lines_of(output: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Wait for the readiness signal, the JSON "gateway started" line; the address it names.
+fn await_start(logs: &std::sync::mpsc::Receiver<String>) -> String {
+    loop {
+        let line = logs.recv_timeout(Duration::from_secs(30)).expect("no start line");
+        if line.contains("gateway started") {
+            let log: serde_json::Value = serde_json::from_str(&line).unwrap();
+            return log["fields"]["addr"].as_str().expect("addr in the start line").to_owned();
+        }
+    }
 }
 
 /// SIGTERM, then the exit status, which must come within 10 s.
