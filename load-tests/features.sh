@@ -82,17 +82,7 @@ route() {
 gateway_config() {
     local redis_limit=()
     cat <<EOF
-[server]
-listen = "127.0.0.1:$1"
-workers = 1
-idle_timeout = "300s"
-shutdown_grace = "1s"
-# One client address holds every connection here (and 10,000 idle ones): no caps.
-max_connections = 0
-max_connections_per_client = 0
-
-[admin]
-listen = "127.0.0.1:$2"
+$(gateway_listen_sections "$1" "$2")
 
 [telemetry]
 $3

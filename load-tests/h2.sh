@@ -133,17 +133,7 @@ EOF
 start_gateway() {
     local admin_port="$1"
     cat >"$WORK/gateway.toml" <<EOF
-[server]
-listen = "127.0.0.1:${PORT[gateway]}"
-workers = 1
-idle_timeout = "300s"
-shutdown_grace = "1s"
-# One client address holds every connection here (and 10,000 idle ones): no caps.
-max_connections = 0
-max_connections_per_client = 0
-
-[admin]
-listen = "127.0.0.1:$admin_port"
+$(gateway_listen_sections "${PORT[gateway]}" "$admin_port")
 
 [telemetry]
 access_log = false

@@ -203,6 +203,24 @@ start_nginx() {
 }
 
 
+# gateway_listen_sections PORT ADMIN_PORT: the [server] and [admin] sections every measured
+# gateway shares: one worker, long keep-alive, and no connection caps (one client address
+# holds every connection here, 10,000 idle ones included).
+gateway_listen_sections() {
+    cat <<EOF
+[server]
+listen = "127.0.0.1:$1"
+workers = 1
+idle_timeout = "300s"
+shutdown_grace = "1s"
+max_connections = 0
+max_connections_per_client = 0
+
+[admin]
+listen = "127.0.0.1:$2"
+EOF
+}
+
 # The backend: 64 bytes on every path, plus whatever location blocks BACKEND_LOCATIONS holds.
 start_backend() {
     {
