@@ -240,12 +240,32 @@ pub struct Telemetry {
     /// Share of new traces recorded (an incoming `traceparent`'s sampled flag decides for
     /// traces that started elsewhere).
     pub sample_ratio: f64,
+    /// The encoding of the OTLP export requests.
+    pub otlp_protocol: OtlpProtocol,
 }
 
 impl Default for Telemetry {
     fn default() -> Self {
-        Telemetry { access_log: false, otlp_endpoint: None, service_name: "gateway".to_owned(), sample_ratio: 1.0 }
+        Telemetry {
+            access_log: false,
+            otlp_endpoint: None,
+            service_name: "gateway".to_owned(),
+            sample_ratio: 1.0,
+            otlp_protocol: OtlpProtocol::default(),
+        }
     }
+}
+
+/// `telemetry.otlp_protocol`, named as OpenTelemetry's `OTEL_EXPORTER_OTLP_PROTOCOL` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum OtlpProtocol {
+    /// Binary protobuf (`application/x-protobuf`), the OTLP default.
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// The OTLP JSON mapping (`application/json`).
+    #[serde(rename = "http/json")]
+    HttpJson,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]

@@ -218,6 +218,18 @@ fn variables_in_comments_are_ignored() {
 }
 
 #[test]
+fn otlp_protocol_takes_opentelemetry_names() {
+    assert_eq!(ok(BASE).telemetry.otlp_protocol, OtlpProtocol::HttpProtobuf);
+    let json = ok(&with("[telemetry]\notlp_protocol = \"http/json\"\n"));
+    assert_eq!(json.telemetry.otlp_protocol, OtlpProtocol::HttpJson);
+    expect_only(
+        &with("[telemetry]\notlp_protocol = \"grpc\"\n"),
+        "\"grpc\"",
+        "expected `http/protobuf` or `http/json`",
+    );
+}
+
+#[test]
 fn values_are_substituted_and_escaped() {
     let config = ok(&with("[admin]\ntoken = \"${TOKEN}-${NASTY}\"\n"));
     assert_eq!(config.admin.token.as_deref(), Some("s3cret-say \"hi\"\n"));

@@ -6,6 +6,7 @@
 //!   the gateway made itself, without boxing.
 //! - [`RequestId`], taken from a sane `x-request-id` or generated.
 //! - [`Principal`], who a request comes from once authenticated.
+//! - [`Rfc3339`], timestamps for logs and the admin API.
 //!
 //! ```
 //! use gateway_core::{ErrorKind, GatewayError, RequestId};
@@ -18,10 +19,12 @@ mod body;
 mod error;
 mod principal;
 mod request_id;
+mod time;
 mod util;
 
 pub use body::{full, Body, BoxError};
 pub use error::{Blame, ErrorKind, GatewayError};
 pub use principal::Principal;
 pub use request_id::{RequestId, X_REQUEST_ID};
+pub use time::Rfc3339;
 pub use util::{cookie, random_u64};

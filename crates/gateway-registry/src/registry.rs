@@ -14,7 +14,6 @@ use tokio::time::Instant;
 use crate::discover::{Discover, Discovered, EndpointSet};
 use crate::service::Shared;
 use crate::state::Metadata;
-use crate::util::rfc3339;
 use crate::{Endpoint, Scheme};
 
 /// The largest `weight` a registration may ask for.
@@ -206,8 +205,8 @@ impl ServiceEntry {
             scheme: i.endpoint.scheme().as_str(),
             metadata: Metadata::clone(&i.metadata),
             healthy: self.healthy(&i.endpoint),
-            registered_at: rfc3339(i.registered_at),
-            last_heartbeat: rfc3339(i.last_heartbeat),
+            registered_at: gateway_core::Rfc3339::at(i.registered_at).to_string(),
+            last_heartbeat: gateway_core::Rfc3339::at(i.last_heartbeat).to_string(),
             expires_in_ms: ttl.saturating_sub(now.saturating_duration_since(i.seen)).as_millis() as u64,
         }
     }

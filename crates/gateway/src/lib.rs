@@ -24,7 +24,6 @@ mod server;
 mod service;
 mod strict;
 mod subscriptions;
-mod time;
 mod tls;
 mod upstream;
 
@@ -317,7 +316,11 @@ impl Control {
         );
         *self.hash.lock().unwrap_or_else(|e| e.into_inner()) = Some(loaded.hash);
         self.shared.metrics.reload(true);
-        self.admin.set_config_status(ConfigStatus { version, loaded_at: time::now_rfc3339(), last_error: None });
+        self.admin.set_config_status(ConfigStatus {
+            version,
+            loaded_at: gateway_core::Rfc3339::now().to_string(),
+            last_error: None,
+        });
         tracing::info!(event = "reload", result = "ok", version, "configuration reloaded");
         Ok(Some(version))
     }
@@ -390,7 +393,11 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
     let control = Arc::new_cyclic(|weak| {
         let view = admin::AdminView { shared: shared.clone(), control: weak.clone() };
         let admin = AdminState::new(metrics, Arc::new(view), admin_token);
-        admin.set_config_status(ConfigStatus { version: 1, loaded_at: time::now_rfc3339(), last_error: None });
+        admin.set_config_status(ConfigStatus {
+            version: 1,
+            loaded_at: gateway_core::Rfc3339::now().to_string(),
+            last_error: None,
+        });
         Control {
             shared: shared.clone(),
             admin,

@@ -10,14 +10,14 @@ use crate::cors::CorsPolicy;
 use crate::upstream::Breakers;
 use gateway_aggregate::Aggregate;
 use gateway_auth::{IdentityHeaders, Providers, RouteAuth};
-use gateway_config::{Config, IpNet, Route};
+use gateway_config::{Config, IpNet, OtlpProtocol, Route};
 use gateway_events::{BrokerOptions, Brokers};
 use gateway_proxy::{UpstreamClient, UpstreamSettings};
 use gateway_ratelimit::{RateLimits, RouteLimits};
 use gateway_registry::{MemoryRegistry, ProbeTls, ServiceEndpoints, ServiceOptions, Source};
 use gateway_resilience::{RetryBudget, RetryPolicy};
 use gateway_router::RouteTable;
-use gateway_telemetry::trace::Tracer;
+use gateway_telemetry::trace::{Protocol, Tracer};
 use gateway_telemetry::{Metrics, RouteMetrics, ServiceMetrics, UNMATCHED_ROUTE};
 use gateway_traffic::cache::CacheStore;
 use gateway_traffic::headers::CompiledTransform;
@@ -164,14 +164,24 @@ impl Runtime {
             .await
             .map_err(|e| vec![format!("[brokers]: {e}")])?;
         let telemetry = &config.telemetry;
+        let protocol = match telemetry.otlp_protocol {
+            OtlpProtocol::HttpProtobuf => Protocol::Protobuf,
+            OtlpProtocol::HttpJson => Protocol::Json,
+        };
         let tracer = match previous.map(|p| &p.tracer).filter(|t| {
-            t.is_configured_as(telemetry.otlp_endpoint.as_deref(), &telemetry.service_name, telemetry.sample_ratio)
+            t.is_configured_as(
+                telemetry.otlp_endpoint.as_deref(),
+                &telemetry.service_name,
+                telemetry.sample_ratio,
+                protocol,
+            )
         }) {
             Some(same) => same.clone(),
             None => Arc::new(match &telemetry.otlp_endpoint {
                 None => Tracer::disabled(),
                 Some(endpoint) => Tracer::builder(endpoint, &telemetry.service_name)
                     .sample_ratio(telemetry.sample_ratio)
+                    .protocol(protocol)
                     .counters(metrics.trace_counters())
                     .build()
                     .map_err(|e| vec![format!("[telemetry]: {e}")])?,

@@ -735,6 +735,22 @@ struct AccessEntry<'a> {
     elapsed: std::time::Duration,
 }
 
+/// One access-log line, serialized straight from borrowed fields (no map of values per request).
+#[derive(serde::Serialize)]
+struct AccessLine<'a> {
+    ts: &'a str,
+    request_id: &'a str,
+    route: Option<&'a str>,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    upstream: Option<&'a str>,
+    duration_ms: f64,
+    bytes: Option<u64>,
+    error: Option<&'static str>,
+    trace_id: Option<&'a str>,
+}
+
 fn access_log(entry: &AccessEntry<'_>, response: &Response<Body>) {
     // The size known at the head: content-length, or a whole body (the gateway's own answers).
     let bytes = response
@@ -743,18 +759,23 @@ fn access_log(entry: &AccessEntry<'_>, response: &Response<Body>) {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .or_else(|| hyper::body::Body::size_hint(response.body()).exact());
-    let line = serde_json::json!({
-        "ts": crate::time::now_rfc3339(),
-        "request_id": entry.request_id.as_str(),
-        "route": entry.policy.map(|p| p.name.as_str()),
-        "method": entry.method.as_str(),
-        "path": entry.path,
-        "status": response.status().as_u16(),
-        "upstream": entry.upstream,
-        "duration_ms": entry.elapsed.as_secs_f64() * 1000.0,
-        "bytes": bytes,
-        "error": entry.error,
-        "trace_id": entry.trace_id,
-    });
-    crate::access_log::write(line.to_string());
+    let ts = gateway_core::Rfc3339::now();
+    let line = AccessLine {
+        ts: ts.as_str(),
+        request_id: entry.request_id.as_str(),
+        route: entry.policy.map(|p| p.name.as_str()),
+        method: entry.method.as_str(),
+        path: entry.path,
+        status: response.status().as_u16(),
+        upstream: entry.upstream,
+        duration_ms: entry.elapsed.as_secs_f64() * 1000.0,
+        bytes,
+        error: entry.error,
+        trace_id: entry.trace_id,
+    };
+    let mut out = Vec::with_capacity(320);
+    if serde_json::to_writer(&mut out, &line).is_ok() {
+        // serde_json writes UTF-8 only.
+        crate::access_log::write(String::from_utf8(out).unwrap_or_default());
+    }
 }

@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use gateway_telemetry::trace::decode::export_body_to_json;
 use gateway_tests::{Backend, TestGateway};
 use http::Request;
 use http_body_util::{BodyExt, Full};
@@ -45,7 +46,7 @@ async fn traceparent_keeps_the_trace_and_gets_a_new_span_per_hop() {
 
 #[tokio::test]
 async fn spans_are_exported_to_an_otlp_http_collector() {
-    // A collector that keeps every JSON body POSTed to /v1/traces.
+    // A collector that keeps every body POSTed to /v1/traces (protobuf read as the JSON mapping).
     let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let collector = listener.local_addr().unwrap();
@@ -59,8 +60,10 @@ async fn spans_are_exported_to_an_otlp_http_collector() {
                     let sink = sink.clone();
                     async move {
                         assert_eq!(req.uri().path(), "/v1/traces");
+                        let content_type = req.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+                        assert_eq!(content_type.as_deref(), Some("application/x-protobuf"), "protobuf by default");
                         let body = req.into_body().collect().await?.to_bytes();
-                        sink.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+                        sink.lock().unwrap().push(export_body_to_json(content_type.as_deref(), &body));
                         Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::from_static(b"{}"))))
                     }
                 });

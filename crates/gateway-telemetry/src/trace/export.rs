@@ -1,5 +1,5 @@
 //! The [`Tracer`]: span creation with the sampling decision, a bounded queue of finished
-//! spans, and the background task that POSTs them to the collector as OTLP/HTTP JSON.
+//! spans, and the background task that POSTs them to the collector over OTLP/HTTP.
 //!
 //! The queue is a bounded `tokio::sync::mpsc` channel. Finishing a span is a `try_send`:
 //! it never blocks and works from any thread or runtime; when the queue is full the span is
@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::context::TraceContext;
 use super::id::new_trace_id;
-use super::otlp::Encoder;
+use super::otlp::{rejected_spans, Encoder, Protocol};
 use super::sampler::Sampler;
 use super::span::{ActiveSpan, SpanBuilder, SpanKind, SpanRecord};
 
@@ -129,6 +129,7 @@ pub struct TracerBuilder {
     endpoint: String,
     service_name: String,
     sample_ratio: f64,
+    protocol: Protocol,
     queue_capacity: usize,
     batch_size: usize,
     flush_interval: Duration,
@@ -140,6 +141,12 @@ impl TracerBuilder {
     /// Share of the traces that start at the gateway to record (`0.0..=1.0`, default 1.0).
     pub fn sample_ratio(mut self, ratio: f64) -> Self {
         self.sample_ratio = ratio;
+        self
+    }
+
+    /// The encoding of the export requests (default protobuf).
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
         self
     }
 
@@ -197,7 +204,7 @@ impl TracerBuilder {
         let task = Task {
             client,
             uri,
-            encoder: Encoder::new(&self.service_name),
+            encoder: Encoder::new(self.protocol, &self.service_name),
             timeout: self.export_timeout,
             counters: counters.clone(),
             failing: false,
@@ -213,6 +220,7 @@ impl TracerBuilder {
             counters,
             endpoint: Some(self.endpoint),
             service_name: self.service_name,
+            protocol: self.protocol,
             export: Some(Export {
                 tx,
                 capacity: self.queue_capacity,
@@ -259,6 +267,7 @@ pub struct Tracer {
     counters: TraceCounters,
     endpoint: Option<String>,
     service_name: String,
+    protocol: Protocol,
     export: Option<Export>,
 }
 
@@ -308,6 +317,7 @@ impl Tracer {
             endpoint: endpoint.to_owned(),
             service_name: service_name.to_owned(),
             sample_ratio: 1.0,
+            protocol: Protocol::default(),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             batch_size: DEFAULT_BATCH_SIZE,
             flush_interval: DEFAULT_FLUSH_INTERVAL,
@@ -325,6 +335,7 @@ impl Tracer {
             counters: TraceCounters::default(),
             endpoint: None,
             service_name: String::new(),
+            protocol: Protocol::default(),
             export: None,
         }
     }
@@ -335,10 +346,21 @@ impl Tracer {
     }
 
     /// Whether this tracer was built from these settings (so a reload can keep it).
-    pub fn is_configured_as(&self, endpoint: Option<&str>, service_name: &str, sample_ratio: f64) -> bool {
+    pub fn is_configured_as(
+        &self,
+        endpoint: Option<&str>,
+        service_name: &str,
+        sample_ratio: f64,
+        protocol: Protocol,
+    ) -> bool {
         match (self.endpoint.as_deref(), endpoint) {
             (None, None) => true,
-            (Some(a), Some(b)) => a == b && self.service_name == service_name && self.sampler.ratio() == sample_ratio,
+            (Some(a), Some(b)) => {
+                a == b
+                    && self.service_name == service_name
+                    && self.sampler.ratio() == sample_ratio
+                    && self.protocol == protocol
+            }
             _ => false,
         }
     }
@@ -557,13 +579,12 @@ impl Task {
 
     async fn export(&mut self, batch: &mut Vec<SpanRecord>) {
         let spans = batch.len() as u64;
-        let mut body = Vec::new();
-        self.encoder.encode(batch, &mut body);
+        let body = self.encoder.encode(batch);
         batch.clear();
         let request = Request::post(self.uri.clone())
-            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_TYPE, self.encoder.protocol().content_type())
             .header(USER_AGENT, concat!("gateway/", env!("CARGO_PKG_VERSION")))
-            .body(Full::new(Bytes::from(body)));
+            .body(Full::new(body));
         let request = match request {
             Ok(r) => r,
             Err(e) => return self.failed(spans, format!("cannot build the export request: {e}")),
@@ -571,22 +592,23 @@ impl Task {
         let exchange = async {
             let response = self.client.request(request).await.map_err(|e| error_chain(&e))?;
             let status = response.status();
+            let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
             let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            Ok::<(StatusCode, Bytes), String>((status, body))
+            Ok::<(StatusCode, Option<String>, Bytes), String>((status, content_type, body))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => self.failed(spans, format!("no answer within {:?}", self.timeout)),
             Ok(Err(e)) => self.failed(spans, e),
-            Ok(Ok((status, body))) if !status.is_success() => {
+            Ok(Ok((status, _, body))) if !status.is_success() => {
                 let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
                 self.failed(spans, format!("collector answered {status}: {text}"));
             }
-            Ok(Ok((_, body))) => {
-                let rejected = rejected_spans(&body).min(spans);
+            Ok(Ok((_, content_type, body))) => {
+                let rejected = rejected_spans(content_type.as_deref(), &body).min(spans);
                 self.counters.inner.exports_ok.fetch_add(1, Ordering::Relaxed);
                 self.counters.inner.exported.fetch_add(spans - rejected, Ordering::Relaxed);
                 if rejected > 0 {
@@ -642,19 +664,6 @@ impl Task {
     }
 }
 
-/// `partialSuccess.rejectedSpans` of an OTLP response (a string or a number), else 0.
-fn rejected_spans(body: &[u8]) -> u64 {
-    if body.is_empty() {
-        return 0;
-    }
-    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else { return 0 };
-    match &doc["partialSuccess"]["rejectedSpans"] {
-        serde_json::Value::String(s) => s.parse().unwrap_or(0),
-        serde_json::Value::Number(n) => n.as_u64().unwrap_or(0),
-        _ => 0,
-    }
-}
-
 /// An error with its causes, for a log line that says why a connection failed.
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -680,13 +689,5 @@ mod tests {
         assert_eq!(uri("http://c:4318/v1/traces").as_deref(), Ok("http://c:4318/v1/traces"));
         assert!(uri("127.0.0.1:4318").is_err());
         assert!(uri("/v1/traces").is_err());
-    }
-
-    #[test]
-    fn reads_partial_success() {
-        assert_eq!(rejected_spans(b""), 0);
-        assert_eq!(rejected_spans(b"{}"), 0);
-        assert_eq!(rejected_spans(br#"{"partialSuccess":{"rejectedSpans":"3","errorMessage":"x"}}"#), 3);
-        assert_eq!(rejected_spans(br#"{"partialSuccess":{"rejectedSpans":4}}"#), 4);
     }
 }

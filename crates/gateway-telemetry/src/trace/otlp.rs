@@ -1,61 +1,114 @@
-//! OTLP/HTTP JSON encoding of finished spans (`POST /v1/traces`,
-//! `content-type: application/json`), per the OTLP specification's JSON mapping of
-//! `ExportTraceServiceRequest`:
-//! `resourceSpans` → `scopeSpans` → `spans`, ids as lowercase hex (not base64), 64-bit
-//! integers (`startTimeUnixNano`, `intValue`) as decimal strings, `kind` and `status.code`
-//! as integers, attributes as `{"key": ..., "value": {"stringValue"|"intValue": ...}}`.
+//! OTLP/HTTP encodings of finished spans (`POST /v1/traces`): binary protobuf
+//! (`application/x-protobuf`, the OTLP default) and JSON (`application/json`), both of an
+//! `ExportTraceServiceRequest`: `resourceSpans` → `scopeSpans` → `spans`.
 //!
-//! Written by hand into one buffer: this runs on the exporter task for every span, and a
-//! tree of `serde_json::Value`s per span would cost far more than the text itself.
+//! What a span says (its name, attributes per the HTTP semantic conventions, whether it is an
+//! error) is decided once, in [`describe`]; each encoding only writes it down. Both are
+//! written by hand into one buffer: this runs on the exporter task for every span, and the
+//! protobuf one is the cheaper (no escaping, no hex, no decimal).
+
+mod json;
+mod proto;
 
 use std::borrow::Cow;
-use std::io::Write as _;
 use std::net::IpAddr;
 
 use http::{Method, Version};
 
-use super::context::hex_into;
 use super::span::{Host, SpanKind, SpanRecord};
 
 /// The instrumentation scope every span is reported under.
 pub(crate) const SCOPE_NAME: &str = "gateway";
 
-/// Encodes batches for one service: the resource and scope are rendered once.
-pub(crate) struct Encoder {
-    prefix: Vec<u8>,
+/// The wire encoding of the export requests (`telemetry.otlp_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// `http/protobuf`: binary protobuf, what OpenTelemetry exporters send by default.
+    #[default]
+    Protobuf,
+    /// `http/json`: the OTLP JSON mapping (hex ids, 64-bit integers as strings).
+    Json,
 }
 
-const SUFFIX: &[u8] = b"]}]}]}";
+impl Protocol {
+    /// `http/protobuf` or `http/json`, the names OpenTelemetry's `OTEL_EXPORTER_OTLP_PROTOCOL` uses.
+    pub fn parse(name: &str) -> Option<Protocol> {
+        match name {
+            "http/protobuf" => Some(Protocol::Protobuf),
+            "http/json" => Some(Protocol::Json),
+            _ => None,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Protocol::Protobuf => "application/x-protobuf",
+            Protocol::Json => "application/json",
+        }
+    }
+}
+
+/// Encodes batches for one service: the resource and scope are rendered once.
+pub(crate) enum Encoder {
+    Protobuf(proto::Encoder),
+    Json(json::Encoder),
+}
 
 impl Encoder {
-    pub(crate) fn new(service_name: &str) -> Encoder {
-        let mut prefix = Vec::with_capacity(256);
-        prefix.extend_from_slice(b"{\"resourceSpans\":[{\"resource\":{\"attributes\":[");
-        let mut attrs = Attrs::new(&mut prefix);
-        attrs.str("service.name", service_name);
-        attrs.str("telemetry.sdk.name", "gateway-telemetry");
-        attrs.str("telemetry.sdk.language", "rust");
-        attrs.str("telemetry.sdk.version", env!("CARGO_PKG_VERSION"));
-        prefix.extend_from_slice(b"]},\"scopeSpans\":[{\"scope\":{\"name\":");
-        json_str(&mut prefix, SCOPE_NAME);
-        prefix.extend_from_slice(b",\"version\":");
-        json_str(&mut prefix, env!("CARGO_PKG_VERSION"));
-        prefix.extend_from_slice(b"},\"spans\":[");
-        Encoder { prefix }
+    pub(crate) fn new(protocol: Protocol, service_name: &str) -> Encoder {
+        let resource = [
+            ("service.name", service_name),
+            ("telemetry.sdk.name", "gateway-telemetry"),
+            ("telemetry.sdk.language", "rust"),
+            ("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+        ];
+        match protocol {
+            Protocol::Protobuf => Encoder::Protobuf(proto::Encoder::new(&resource)),
+            Protocol::Json => Encoder::Json(json::Encoder::new(&resource)),
+        }
     }
 
-    /// Append one `ExportTraceServiceRequest` holding `spans` to `out`.
-    pub(crate) fn encode(&self, spans: &[SpanRecord], out: &mut Vec<u8>) {
-        out.reserve(self.prefix.len() + SUFFIX.len() + spans.len() * 700);
-        out.extend_from_slice(&self.prefix);
-        for (i, span) in spans.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            encode_span(span, out);
+    /// One `ExportTraceServiceRequest` holding `spans`.
+    pub(crate) fn encode(&self, spans: &[SpanRecord]) -> bytes::Bytes {
+        match self {
+            Encoder::Protobuf(e) => e.encode(spans),
+            Encoder::Json(e) => e.encode(spans),
         }
-        out.extend_from_slice(SUFFIX);
     }
+
+    pub(crate) fn protocol(&self) -> Protocol {
+        match self {
+            Encoder::Protobuf(_) => Protocol::Protobuf,
+            Encoder::Json(_) => Protocol::Json,
+        }
+    }
+}
+
+/// `partialSuccess.rejectedSpans` of an `ExportTraceServiceResponse` in either encoding
+/// (told apart by the response's content type), else 0.
+pub(crate) fn rejected_spans(content_type: Option<&str>, body: &[u8]) -> u64 {
+    if body.is_empty() {
+        return 0;
+    }
+    match content_type {
+        Some(t) if t.starts_with("application/x-protobuf") || t.starts_with("application/protobuf") => {
+            proto::rejected_spans(body)
+        }
+        _ => json::rejected_spans(body),
+    }
+}
+
+/// Where an encoding writes one span. [`describe`] calls [`start`](SpanSink::start) once,
+/// then an attribute method per attribute, then [`end`](SpanSink::end).
+trait SpanSink {
+    /// Ids, kind, times, and the name (the concatenation of `name`).
+    fn start(&mut self, span: &SpanRecord, name: &[&str]);
+    /// A string attribute whose value is the concatenation of `parts`. Keys are ours:
+    /// plain ASCII that needs no escaping.
+    fn str(&mut self, key: &'static str, parts: &[&str]);
+    fn int(&mut self, key: &'static str, value: u64);
+    /// `status.code` ERROR when `error`; an unset status is left out.
+    fn end(&mut self, error: bool);
 }
 
 /// Methods the HTTP semantic conventions know; any other is reported as `_OTHER`.
@@ -74,57 +127,35 @@ fn known_method(method: &Method) -> bool {
     )
 }
 
-fn encode_span(span: &SpanRecord, out: &mut Vec<u8>) {
+/// Write `span` into `sink`: the span name and attributes of the HTTP semantic conventions.
+fn describe(span: &SpanRecord, sink: &mut impl SpanSink) {
     let a = &span.attributes;
-    let mut hex = [0u8; 32];
-    out.extend_from_slice(b"{\"traceId\":\"");
-    hex_into(&span.trace_id, &mut hex);
-    out.extend_from_slice(&hex);
-    out.extend_from_slice(b"\",\"spanId\":\"");
-    hex_into(&span.span_id, &mut hex[..16]);
-    out.extend_from_slice(&hex[..16]);
-    out.push(b'"');
-    if span.parent_id != [0; 8] {
-        out.extend_from_slice(b",\"parentSpanId\":\"");
-        hex_into(&span.parent_id, &mut hex[..16]);
-        out.extend_from_slice(&hex[..16]);
-        out.push(b'"');
-    }
-
     // Span names per the conventions: `{method} {http.route}` (server), `{method}` (client).
     let method = a.method.as_ref().filter(|m| known_method(m)).map_or("HTTP", Method::as_str);
-    out.extend_from_slice(b",\"name\":");
     match (&a.route, span.kind) {
-        (Some(route), SpanKind::Server) => json_str_parts(out, &[method, " ", route]),
-        _ => json_str(out, method),
+        (Some(route), SpanKind::Server) => sink.start(span, &[method, " ", route]),
+        _ => sink.start(span, &[method]),
     }
-    out.extend_from_slice(b",\"kind\":");
-    decimal(out, u64::from(span.kind.otlp()));
-    out.extend_from_slice(b",\"startTimeUnixNano\":\"");
-    decimal(out, span.start_unix_nanos);
-    out.extend_from_slice(b"\",\"endTimeUnixNano\":\"");
-    decimal(out, span.end_unix_nanos);
-    out.extend_from_slice(b"\",\"attributes\":[");
 
-    let mut attrs = Attrs::new(out);
     if let Some(m) = &a.method {
         if known_method(m) {
-            attrs.str("http.request.method", m.as_str());
+            sink.str("http.request.method", &[m.as_str()]);
         } else {
-            attrs.str("http.request.method", "_OTHER");
-            attrs.str("http.request.method_original", m.as_str());
+            sink.str("http.request.method", &["_OTHER"]);
+            sink.str("http.request.method_original", &[m.as_str()]);
         }
     }
+    let mut ip = IpText::default();
     match span.kind {
         SpanKind::Server => {
             if let Some(path) = &a.path {
-                attrs.str("url.path", path.path());
+                sink.str("url.path", &[path.path()]);
             }
             if let Some(tls) = a.tls {
-                attrs.str("url.scheme", if tls { "https" } else { "http" });
+                sink.str("url.scheme", &[if tls { "https" } else { "http" }]);
             }
             if let Some(route) = &a.route {
-                attrs.str("http.route", route);
+                sink.str("http.route", &[route]);
             }
             if let Some(host) = &a.host {
                 let host = match host {
@@ -132,74 +163,63 @@ fn encode_span(span: &SpanRecord, out: &mut Vec<u8>) {
                     Host::Authority(authority) => Cow::Borrowed(authority.as_str()),
                 };
                 let (address, port) = split_host_port(&host);
-                attrs.str("server.address", address);
+                sink.str("server.address", &[address]);
                 match (port, a.tls) {
-                    (Some(port), _) => attrs.int("server.port", u64::from(port)),
-                    (None, Some(tls)) => attrs.int("server.port", if tls { 443 } else { 80 }),
+                    (Some(port), _) => sink.int("server.port", u64::from(port)),
+                    (None, Some(tls)) => sink.int("server.port", if tls { 443 } else { 80 }),
                     (None, None) => {}
                 }
             }
-            if let Some(ip) = a.client_ip {
-                attrs.display("client.address", ip);
+            if let Some(client) = a.client_ip {
+                sink.str("client.address", &[ip.format(client)]);
             }
             if let Some(ua) = &a.user_agent {
-                attrs.str("user_agent.original", &String::from_utf8_lossy(ua.as_bytes()));
+                sink.str("user_agent.original", &[&String::from_utf8_lossy(ua.as_bytes())]);
             }
         }
         SpanKind::Client => {
             if let Some(authority) = &a.upstream {
                 let (address, port) = split_host_port(authority.as_str());
                 let port = port.unwrap_or(if a.upstream_https { 443 } else { 80 });
-                attrs.str("server.address", address);
-                attrs.int("server.port", u64::from(port));
+                sink.str("server.address", &[address]);
+                sink.int("server.port", u64::from(port));
                 let scheme = if a.upstream_https { "https" } else { "http" };
                 let path = a.path.as_ref().map_or("/", |p| p.path());
-                attrs.str_parts("url.full", &[scheme, "://", authority.as_str(), path]);
-                if a.peer.is_none() {
-                    if let Ok(ip) = address.parse::<IpAddr>() {
-                        attrs.display("network.peer.address", ip);
-                        attrs.int("network.peer.port", u64::from(port));
-                    }
+                sink.str("url.full", &[scheme, "://", authority.as_str(), path]);
+                if a.peer.is_none() && address.parse::<IpAddr>().is_ok() {
+                    sink.str("network.peer.address", &[address]);
+                    sink.int("network.peer.port", u64::from(port));
                 }
             }
             if let Some(peer) = a.peer {
-                attrs.display("network.peer.address", peer.ip());
-                attrs.int("network.peer.port", u64::from(peer.port()));
+                sink.str("network.peer.address", &[ip.format(peer.ip())]);
+                sink.int("network.peer.port", u64::from(peer.port()));
             }
             if let Some(service) = &a.service {
-                attrs.str("peer.service", service);
+                sink.str("peer.service", &[service]);
             }
             if a.resend_count > 0 {
-                attrs.int("http.request.resend_count", u64::from(a.resend_count));
+                sink.int("http.request.resend_count", u64::from(a.resend_count));
             }
         }
     }
     if let Some(version) = a.version.and_then(protocol_version) {
-        attrs.str("network.protocol.version", version);
+        sink.str("network.protocol.version", &[version]);
     }
     if a.status != 0 {
-        attrs.int("http.response.status_code", u64::from(a.status));
+        sink.int("http.response.status_code", u64::from(a.status));
     }
     let error = match span.kind {
         SpanKind::Server => a.status >= 500 || (a.status == 0 && a.error_type.is_some()),
         SpanKind::Client => a.status >= 400 || a.error_type.is_some(),
     };
     match a.error_type {
-        Some(error_type) => attrs.str("error.type", error_type),
-        None if error => {
-            attrs.key("error.type");
-            attrs.out.extend_from_slice(b"\"stringValue\":\"");
-            decimal(attrs.out, u64::from(a.status));
-            attrs.out.extend_from_slice(b"\"}}");
-        }
+        Some(error_type) => sink.str("error.type", &[error_type]),
+        // Without an error code of our own, the conventions ask for the status code.
+        None if error => sink.str("error.type", &[itoa::Buffer::new().format(a.status)]),
         None => {}
     }
-    out.push(b']');
-    if error {
-        // STATUS_CODE_ERROR; an unset status is left out.
-        out.extend_from_slice(b",\"status\":{\"code\":2}");
-    }
-    out.push(b'}');
+    sink.end(error);
 }
 
 fn protocol_version(version: Version) -> Option<&'static str> {
@@ -227,200 +247,50 @@ fn split_host_port(s: &str) -> (&str, Option<u16>) {
     }
 }
 
-/// Writes a JSON array of OTLP `KeyValue`s.
-struct Attrs<'a> {
-    out: &'a mut Vec<u8>,
-    first: bool,
+/// An IP address as text, formatted on the stack (IPv4 without `fmt`).
+struct IpText {
+    buf: [u8; 46],
+    len: usize,
 }
 
-impl<'a> Attrs<'a> {
-    fn new(out: &'a mut Vec<u8>) -> Self {
-        Attrs { out, first: true }
+impl Default for IpText {
+    fn default() -> Self {
+        IpText { buf: [0; 46], len: 0 }
     }
+}
 
-    /// `key` is one of ours: plain ASCII that needs no escaping.
-    fn key(&mut self, key: &'static str) {
-        if !self.first {
-            self.out.push(b',');
+impl IpText {
+    fn format(&mut self, ip: IpAddr) -> &str {
+        use std::io::Write as _;
+        self.len = 0;
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.push(b".");
+                    }
+                    self.push(itoa::Buffer::new().format(octet).as_bytes());
+                }
+            }
+            IpAddr::V6(v6) => {
+                let mut cursor = std::io::Cursor::new(&mut self.buf[..]);
+                // 45 bytes hold the longest form (IPv4-mapped with a full prefix).
+                let _ = write!(cursor, "{v6}");
+                self.len = usize::try_from(cursor.position()).unwrap_or(0);
+            }
         }
-        self.first = false;
-        self.out.extend_from_slice(b"{\"key\":\"");
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.extend_from_slice(b"\",\"value\":{");
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
     }
 
-    fn str(&mut self, key: &'static str, value: &str) {
-        self.str_parts(key, &[value]);
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
     }
-
-    /// A string value made of `parts`, without an intermediate `String`.
-    fn str_parts(&mut self, key: &'static str, parts: &[&str]) {
-        self.key(key);
-        self.out.extend_from_slice(b"\"stringValue\":");
-        json_str_parts(self.out, parts);
-        self.out.extend_from_slice(b"}}");
-    }
-
-    /// A string value from `Display` (IP addresses, numbers: nothing to escape).
-    fn display(&mut self, key: &'static str, value: impl std::fmt::Display) {
-        self.key(key);
-        let _ = write!(self.out, "\"stringValue\":\"{value}\"}}}}");
-    }
-
-    /// OTLP JSON carries 64-bit integers as decimal strings.
-    fn int(&mut self, key: &'static str, value: u64) {
-        self.key(key);
-        self.out.extend_from_slice(b"\"intValue\":\"");
-        decimal(self.out, value);
-        self.out.extend_from_slice(b"\"}}");
-    }
-}
-
-/// `value` in decimal, without going through `fmt`.
-fn decimal(out: &mut Vec<u8>, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
-
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    json_str_parts(out, &[s]);
-}
-
-/// The concatenation of `parts` as one JSON string literal.
-fn json_str_parts(out: &mut Vec<u8>, parts: &[&str]) {
-    out.push(b'"');
-    for part in parts {
-        escape_into(out, part);
-    }
-    out.push(b'"');
-}
-
-fn escape_into(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let short: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        if short.is_empty() {
-            let _ = write!(out, "\\u{b:04x}");
-        } else {
-            out.extend_from_slice(short);
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::span::Attributes;
-    use std::sync::Arc;
-
-    fn record(kind: SpanKind, attributes: Attributes) -> SpanRecord {
-        SpanRecord {
-            trace_id: [0xab; 16],
-            span_id: [0x01; 8],
-            parent_id: [0; 8],
-            kind,
-            start_unix_nanos: 1_700_000_000_000_000_000,
-            end_unix_nanos: 1_700_000_000_000_500_000,
-            attributes,
-        }
-    }
-
-    fn encode(spans: &[SpanRecord]) -> serde_json::Value {
-        let mut out = Vec::new();
-        Encoder::new("gw \"quoted\"\n").encode(spans, &mut out);
-        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
-    }
-
-    fn attr<'a>(span: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
-        span["attributes"].as_array()?.iter().find(|a| a["key"] == key).map(|a| &a["value"])
-    }
-
-    #[test]
-    fn encodes_valid_otlp_json() {
-        let server = Attributes {
-            method: Some(Method::GET),
-            path: Some(http::uri::PathAndQuery::from_static("/api/users/7?token=secret")),
-            host: Some(Host::Authority(http::uri::Authority::from_static("[::1]:8080"))),
-            tls: Some(false),
-            route: Some(Arc::from("us\"ers\u{1}")),
-            status: 503,
-            version: Some(Version::HTTP_11),
-            ..Attributes::default()
-        };
-        let client = Attributes {
-            method: Some(Method::from_bytes(b"PURGE").expect("method")),
-            upstream: Some(http::uri::Authority::from_static("10.0.0.1:9001")),
-            path: Some(http::uri::PathAndQuery::from_static("/users/7?token=secret")),
-            error_type: Some("timeout"),
-            resend_count: 1,
-            ..Attributes::default()
-        };
-        let mut child = record(SpanKind::Client, client);
-        child.parent_id = [0x02; 8];
-        let doc = encode(&[record(SpanKind::Server, server), child]);
-        let rs = &doc["resourceSpans"][0];
-        assert_eq!(rs["resource"]["attributes"][0]["value"]["stringValue"], "gw \"quoted\"\n");
-        let spans = rs["scopeSpans"][0]["spans"].as_array().expect("spans");
-        assert_eq!(spans.len(), 2);
-        let s = &spans[0];
-        assert_eq!(s["traceId"], "abababababababababababababababab");
-        assert_eq!(s["spanId"], "0101010101010101");
-        assert!(s.get("parentSpanId").is_none());
-        assert_eq!(s["kind"], 2);
-        assert_eq!(s["name"], "GET us\"ers\u{1}");
-        assert_eq!(s["startTimeUnixNano"], "1700000000000000000");
-        assert_eq!(s["status"]["code"], 2);
-        assert_eq!(attr(s, "url.path").expect("url.path")["stringValue"], "/api/users/7");
-        assert_eq!(attr(s, "server.address").expect("address")["stringValue"], "::1");
-        assert_eq!(attr(s, "server.port").expect("port")["intValue"], "8080");
-        assert_eq!(attr(s, "http.response.status_code").expect("status")["intValue"], "503");
-        assert_eq!(attr(s, "error.type").expect("error.type")["stringValue"], "503");
-        assert_eq!(attr(s, "network.protocol.version").expect("version")["stringValue"], "1.1");
-        let c = &spans[1];
-        assert_eq!(c["kind"], 3);
-        assert_eq!(c["parentSpanId"], "0202020202020202");
-        assert_eq!(c["name"], "HTTP");
-        assert_eq!(attr(c, "http.request.method").expect("method")["stringValue"], "_OTHER");
-        assert_eq!(attr(c, "http.request.method_original").expect("original")["stringValue"], "PURGE");
-        assert_eq!(attr(c, "url.full").expect("url.full")["stringValue"], "http://10.0.0.1:9001/users/7");
-        assert_eq!(attr(c, "network.peer.address").expect("peer")["stringValue"], "10.0.0.1");
-        assert_eq!(attr(c, "http.request.resend_count").expect("resend")["intValue"], "1");
-        assert_eq!(attr(c, "error.type").expect("error.type")["stringValue"], "timeout");
-        assert_eq!(c["status"]["code"], 2);
-    }
-
-    #[test]
-    fn server_4xx_is_not_an_error_but_client_4xx_is() {
-        let server = Attributes { status: 404, error_type: Some("route_not_found"), ..Attributes::default() };
-        let client = Attributes { status: 404, ..Attributes::default() };
-        let doc = encode(&[record(SpanKind::Server, server), record(SpanKind::Client, client)]);
-        let spans = &doc["resourceSpans"][0]["scopeSpans"][0]["spans"];
-        assert!(spans[0].get("status").is_none());
-        assert_eq!(attr(&spans[0], "error.type").expect("error.type")["stringValue"], "route_not_found");
-        assert_eq!(spans[1]["status"]["code"], 2);
-        assert_eq!(attr(&spans[1], "error.type").expect("error.type")["stringValue"], "404");
-    }
 
     #[test]
     fn splits_hosts_and_ports() {
@@ -429,5 +299,74 @@ mod tests {
         assert_eq!(split_host_port("[::1]:443"), ("::1", Some(443)));
         assert_eq!(split_host_port("[::1]"), ("::1", None));
         assert_eq!(split_host_port("::1"), ("::1", None));
+    }
+
+    #[test]
+    fn formats_ip_addresses() {
+        let mut text = IpText::default();
+        for ip in ["0.0.0.0", "10.0.0.1", "255.255.255.255", "::1", "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"] {
+            let parsed: IpAddr = ip.parse().expect("ip");
+            assert_eq!(text.format(parsed), parsed.to_string());
+        }
+    }
+
+    /// The protobuf body, decoded by prost's derived messages, says exactly what the JSON one does.
+    #[test]
+    fn both_encodings_carry_the_same_spans() {
+        use crate::trace::span::Attributes;
+        use http::uri::{Authority, PathAndQuery};
+        use std::sync::Arc;
+        let server = Attributes {
+            method: Some(Method::POST),
+            path: Some(PathAndQuery::from_static("/api/%C3%BC/x?q=1")),
+            host: Some(Host::Header(http::HeaderValue::from_static("api.example.com"))),
+            tls: Some(true),
+            client_ip: Some("2001:db8::7".parse().expect("ip")),
+            user_agent: Some(http::HeaderValue::from_static("curl/8")),
+            version: Some(Version::HTTP_2),
+            route: Some(Arc::from("ör\"d\u{1}ers")),
+            status: 502,
+            error_type: Some("bad_gateway"),
+            ..Attributes::default()
+        };
+        let client = Attributes {
+            method: Some(Method::POST),
+            path: Some(PathAndQuery::from_static("/orders")),
+            upstream: Some(Authority::from_static("orders.internal:8443")),
+            upstream_https: true,
+            service: Some(Arc::from("orders")),
+            peer: Some("10.1.2.3:8443".parse().expect("addr")),
+            resend_count: 2,
+            status: 200,
+            version: Some(Version::HTTP_11),
+            ..Attributes::default()
+        };
+        let record = |kind, parent_id, attributes| SpanRecord {
+            trace_id: [7; 16],
+            span_id: [9; 8],
+            parent_id,
+            kind,
+            start_unix_nanos: u64::MAX - 5,
+            end_unix_nanos: u64::MAX,
+            attributes,
+        };
+        let spans = [record(SpanKind::Server, [0; 8], server), record(SpanKind::Client, [9; 8], client)];
+        let json = Encoder::new(Protocol::Json, "gw").encode(&spans);
+        let json: serde_json::Value = serde_json::from_slice(&json).expect("JSON");
+        let proto = Encoder::new(Protocol::Protobuf, "gw").encode(&spans);
+        let decoded = crate::trace::decode::protobuf_to_json(&proto).expect("protobuf");
+        assert_eq!(decoded, json);
+        let span = &decoded["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+        assert_eq!(span["name"], "POST ör\"d\u{1}ers");
+        assert_eq!(span["status"]["code"], 2);
+        assert!(proto.len() * 2 < json.to_string().len(), "protobuf is the smaller: {} bytes", proto.len());
+    }
+
+    #[test]
+    fn protocols_by_their_opentelemetry_names() {
+        assert_eq!(Protocol::parse("http/protobuf"), Some(Protocol::Protobuf));
+        assert_eq!(Protocol::parse("http/json"), Some(Protocol::Json));
+        assert_eq!(Protocol::parse("grpc"), None);
+        assert_eq!(Protocol::default().content_type(), "application/x-protobuf");
     }
 }

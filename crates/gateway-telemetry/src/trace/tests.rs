@@ -24,9 +24,11 @@ struct Received {
     doc: Value,
 }
 
-/// An OTLP/HTTP collector: parses every POSTed body as JSON and hands it to the test.
+/// An OTLP/HTTP collector: reads every POSTed body (protobuf decoded into the JSON mapping)
+/// and hands it to the test, which says which encoding it expects.
 struct Collector {
     addr: SocketAddr,
+    protocol: Protocol,
     received: mpsc::UnboundedReceiver<Received>,
 }
 
@@ -49,7 +51,7 @@ impl Collector {
                                 .and_then(|v| v.to_str().ok())
                                 .map(str::to_owned);
                             let body = req.into_body().collect().await?.to_bytes();
-                            let doc: Value = serde_json::from_slice(&body).expect("the export body is JSON");
+                            let doc = decode::export_body_to_json(content_type.as_deref(), &body);
                             let _ = tx.send(Received { path, content_type, doc });
                             Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(b"{}"))))
                         }
@@ -60,7 +62,7 @@ impl Collector {
                 });
             }
         });
-        Collector { addr, received }
+        Collector { addr, protocol: Protocol::Protobuf, received }
     }
 
     fn endpoint(&self) -> String {
@@ -77,7 +79,7 @@ impl Collector {
                 .unwrap_or_else(|_| panic!("only {} of {count} spans arrived", spans.len()))
                 .expect("collector running");
             assert_eq!(received.path, "/v1/traces");
-            assert_eq!(received.content_type.as_deref(), Some("application/json"));
+            assert_eq!(received.content_type.as_deref(), Some(self.protocol.content_type()));
             let resource = &received.doc["resourceSpans"][0];
             assert_eq!(attr(&resource["resource"], "service.name"), Some("gw-test".to_owned()));
             spans.extend(resource["scopeSpans"][0]["spans"].as_array().expect("spans").iter().cloned());
@@ -215,9 +217,12 @@ async fn collector_receives_the_server_span_and_its_client_spans() {
 
 #[tokio::test]
 async fn a_trace_started_here_is_a_root_and_gateway_errors_are_errors() {
+    // This one over the JSON encoding.
     let mut collector = Collector::start().await;
+    collector.protocol = Protocol::Json;
     let tracer = Tracer::builder(&collector.endpoint(), "gw-test")
         .flush_interval(Duration::from_millis(20))
+        .protocol(Protocol::Json)
         .build()
         .expect("tracer");
     let mut server = tracer.server_span(None).method(&Method::POST).start();
@@ -305,7 +310,7 @@ fn a_disabled_tracer_records_nothing_but_still_propagates() {
     let fresh = tracer.server_span(None).start();
     assert!(!fresh.context().is_sampled());
     assert_ne!(fresh.context().trace_id, [0; 16]);
-    assert!(tracer.is_configured_as(None, "gateway", 1.0));
+    assert!(tracer.is_configured_as(None, "gateway", 1.0, Protocol::Protobuf));
 }
 
 #[test]
@@ -321,9 +326,11 @@ fn settings_are_validated() {
     assert!(Tracer::new("http://127.0.0.1:4318", " ", 1.0).is_err());
     assert!(Tracer::builder("http://127.0.0.1:4318", "gw").queue_capacity(0).build().is_err());
     let tracer = Tracer::new("https://collector.example.com/otlp/", "gw", 0.25).expect("https endpoint");
-    assert!(tracer.is_configured_as(Some("https://collector.example.com/otlp/"), "gw", 0.25));
-    assert!(!tracer.is_configured_as(Some("https://collector.example.com/otlp/"), "gw", 0.5));
-    assert!(!tracer.is_configured_as(None, "gw", 0.25));
+    let endpoint = Some("https://collector.example.com/otlp/");
+    assert!(tracer.is_configured_as(endpoint, "gw", 0.25, Protocol::Protobuf));
+    assert!(!tracer.is_configured_as(endpoint, "gw", 0.25, Protocol::Json));
+    assert!(!tracer.is_configured_as(endpoint, "gw", 0.5, Protocol::Protobuf));
+    assert!(!tracer.is_configured_as(None, "gw", 0.25, Protocol::Protobuf));
 }
 
 #[tokio::test]

@@ -1,0 +1,294 @@
+//! The OTLP JSON mapping of `ExportTraceServiceRequest`: ids as lowercase hex (not base64),
+//! 64-bit integers (`startTimeUnixNano`, `intValue`) as decimal strings, `kind` and
+//! `status.code` as integers, attributes as `{"key": ..., "value": {"stringValue"|"intValue": ...}}`.
+
+use bytes::Bytes;
+
+use super::{describe, SpanSink, SCOPE_NAME};
+use crate::trace::context::hex_into;
+use crate::trace::span::SpanRecord;
+
+/// Bytes a span takes, about: the buffer is sized once per batch.
+const SPAN_BYTES: usize = 1024;
+const SUFFIX: &[u8] = b"]}]}]}";
+
+pub(crate) struct Encoder {
+    /// Everything before the first span: the resource and the scope.
+    prefix: Vec<u8>,
+}
+
+impl Encoder {
+    pub(crate) fn new(resource: &[(&str, &str)]) -> Encoder {
+        let mut prefix = Vec::with_capacity(256);
+        prefix.extend_from_slice(b"{\"resourceSpans\":[{\"resource\":{\"attributes\":[");
+        let mut sink = Json { out: &mut prefix, first: true };
+        for (key, value) in resource {
+            sink.key(key);
+            sink.string_value(&[value]);
+        }
+        prefix.extend_from_slice(b"]},\"scopeSpans\":[{\"scope\":{\"name\":");
+        json_str(&mut prefix, &[SCOPE_NAME]);
+        prefix.extend_from_slice(b",\"version\":");
+        json_str(&mut prefix, &[env!("CARGO_PKG_VERSION")]);
+        prefix.extend_from_slice(b"},\"spans\":[");
+        Encoder { prefix }
+    }
+
+    pub(crate) fn encode(&self, spans: &[SpanRecord]) -> Bytes {
+        let mut out = Vec::with_capacity(self.prefix.len() + SUFFIX.len() + spans.len() * SPAN_BYTES);
+        out.extend_from_slice(&self.prefix);
+        for (i, span) in spans.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            describe(span, &mut Json { out: &mut out, first: true });
+        }
+        out.extend_from_slice(SUFFIX);
+        Bytes::from(out)
+    }
+}
+
+/// Writes one span object; `first` tracks the attribute list's commas.
+struct Json<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl Json<'_> {
+    fn key(&mut self, key: &str) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.extend_from_slice(b"{\"key\":");
+        json_str(self.out, &[key]);
+        self.out.extend_from_slice(b",\"value\":{");
+    }
+
+    fn string_value(&mut self, parts: &[&str]) {
+        self.out.extend_from_slice(b"\"stringValue\":");
+        json_str(self.out, parts);
+        self.out.extend_from_slice(b"}}");
+    }
+}
+
+impl SpanSink for Json<'_> {
+    fn start(&mut self, span: &SpanRecord, name: &[&str]) {
+        let out = &mut *self.out;
+        let mut hex = [0u8; 32];
+        out.extend_from_slice(b"{\"traceId\":\"");
+        hex_into(&span.trace_id, &mut hex);
+        out.extend_from_slice(&hex);
+        out.extend_from_slice(b"\",\"spanId\":\"");
+        hex_into(&span.span_id, &mut hex[..16]);
+        out.extend_from_slice(&hex[..16]);
+        out.push(b'"');
+        if span.parent_id != [0; 8] {
+            out.extend_from_slice(b",\"parentSpanId\":\"");
+            hex_into(&span.parent_id, &mut hex[..16]);
+            out.extend_from_slice(&hex[..16]);
+            out.push(b'"');
+        }
+        out.extend_from_slice(b",\"name\":");
+        json_str(out, name);
+        out.extend_from_slice(b",\"kind\":");
+        decimal(out, u64::from(span.kind.otlp()));
+        out.extend_from_slice(b",\"startTimeUnixNano\":\"");
+        decimal(out, span.start_unix_nanos);
+        out.extend_from_slice(b"\",\"endTimeUnixNano\":\"");
+        decimal(out, span.end_unix_nanos);
+        out.extend_from_slice(b"\",\"attributes\":[");
+    }
+
+    fn str(&mut self, key: &'static str, parts: &[&str]) {
+        self.key(key);
+        self.string_value(parts);
+    }
+
+    fn int(&mut self, key: &'static str, value: u64) {
+        self.key(key);
+        self.out.extend_from_slice(b"\"intValue\":\"");
+        decimal(self.out, value);
+        self.out.extend_from_slice(b"\"}}");
+    }
+
+    fn end(&mut self, error: bool) {
+        self.out.push(b']');
+        if error {
+            // STATUS_CODE_ERROR.
+            self.out.extend_from_slice(b",\"status\":{\"code\":2}");
+        }
+        self.out.push(b'}');
+    }
+}
+
+/// `partialSuccess.rejectedSpans` (a string or a number), else 0.
+pub(super) fn rejected_spans(body: &[u8]) -> u64 {
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else { return 0 };
+    match &doc["partialSuccess"]["rejectedSpans"] {
+        serde_json::Value::String(s) => s.parse().unwrap_or(0),
+        serde_json::Value::Number(n) => n.as_u64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// `value` in decimal, without going through `fmt`.
+fn decimal(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// The concatenation of `parts` as one JSON string literal.
+fn json_str(out: &mut Vec<u8>, parts: &[&str]) {
+    out.push(b'"');
+    for part in parts {
+        escape_into(out, part);
+    }
+    out.push(b'"');
+}
+
+/// Bytes a JSON string cannot hold as they are: `"`, `\` and control characters.
+const NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
+fn escape_into(out: &mut Vec<u8>, s: &str) {
+    use std::io::Write as _;
+    let bytes = s.as_bytes();
+    // Paths, hosts and names almost never need escaping: copy them in one go.
+    if !bytes.iter().any(|&b| NEEDS_ESCAPE[usize::from(b)]) {
+        out.extend_from_slice(bytes);
+        return;
+    }
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if short.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.extend_from_slice(short);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http::{Method, Version};
+
+    use super::*;
+    use crate::trace::span::{Attributes, Host, SpanKind};
+
+    pub(crate) fn record(kind: SpanKind, attributes: Attributes) -> SpanRecord {
+        SpanRecord {
+            trace_id: [0xab; 16],
+            span_id: [0x01; 8],
+            parent_id: [0; 8],
+            kind,
+            start_unix_nanos: 1_700_000_000_000_000_000,
+            end_unix_nanos: 1_700_000_000_000_500_000,
+            attributes,
+        }
+    }
+
+    fn encode(spans: &[SpanRecord]) -> serde_json::Value {
+        let out = Encoder::new(&[("service.name", "gw \"quoted\"\n")]).encode(spans);
+        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+    }
+
+    fn attr<'a>(span: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+        span["attributes"].as_array()?.iter().find(|a| a["key"] == key).map(|a| &a["value"])
+    }
+
+    #[test]
+    fn encodes_valid_otlp_json() {
+        let server = Attributes {
+            method: Some(Method::GET),
+            path: Some(http::uri::PathAndQuery::from_static("/api/users/7?token=secret")),
+            host: Some(Host::Authority(http::uri::Authority::from_static("[::1]:8080"))),
+            tls: Some(false),
+            route: Some(Arc::from("us\"ers\u{1}")),
+            status: 503,
+            version: Some(Version::HTTP_11),
+            ..Attributes::default()
+        };
+        let client = Attributes {
+            method: Some(Method::from_bytes(b"PURGE").expect("method")),
+            upstream: Some(http::uri::Authority::from_static("10.0.0.1:9001")),
+            path: Some(http::uri::PathAndQuery::from_static("/users/7?token=secret")),
+            error_type: Some("timeout"),
+            resend_count: 1,
+            ..Attributes::default()
+        };
+        let mut child = record(SpanKind::Client, client);
+        child.parent_id = [0x02; 8];
+        let doc = encode(&[record(SpanKind::Server, server), child]);
+        let rs = &doc["resourceSpans"][0];
+        assert_eq!(rs["resource"]["attributes"][0]["value"]["stringValue"], "gw \"quoted\"\n");
+        let spans = rs["scopeSpans"][0]["spans"].as_array().expect("spans");
+        assert_eq!(spans.len(), 2);
+        let s = &spans[0];
+        assert_eq!(s["traceId"], "abababababababababababababababab");
+        assert_eq!(s["spanId"], "0101010101010101");
+        assert!(s.get("parentSpanId").is_none());
+        assert_eq!(s["kind"], 2);
+        assert_eq!(s["name"], "GET us\"ers\u{1}");
+        assert_eq!(s["startTimeUnixNano"], "1700000000000000000");
+        assert_eq!(s["status"]["code"], 2);
+        assert_eq!(attr(s, "url.path").expect("url.path")["stringValue"], "/api/users/7");
+        assert_eq!(attr(s, "server.address").expect("address")["stringValue"], "::1");
+        assert_eq!(attr(s, "server.port").expect("port")["intValue"], "8080");
+        assert_eq!(attr(s, "http.response.status_code").expect("status")["intValue"], "503");
+        assert_eq!(attr(s, "error.type").expect("error.type")["stringValue"], "503");
+        assert_eq!(attr(s, "network.protocol.version").expect("version")["stringValue"], "1.1");
+        let c = &spans[1];
+        assert_eq!(c["kind"], 3);
+        assert_eq!(c["parentSpanId"], "0202020202020202");
+        assert_eq!(c["name"], "HTTP");
+        assert_eq!(attr(c, "http.request.method").expect("method")["stringValue"], "_OTHER");
+        assert_eq!(attr(c, "http.request.method_original").expect("original")["stringValue"], "PURGE");
+        assert_eq!(attr(c, "url.full").expect("url.full")["stringValue"], "http://10.0.0.1:9001/users/7");
+        assert_eq!(attr(c, "network.peer.address").expect("peer")["stringValue"], "10.0.0.1");
+        assert_eq!(attr(c, "http.request.resend_count").expect("resend")["intValue"], "1");
+        assert_eq!(attr(c, "error.type").expect("error.type")["stringValue"], "timeout");
+        assert_eq!(c["status"]["code"], 2);
+    }
+
+    #[test]
+    fn server_4xx_is_not_an_error_but_client_4xx_is() {
+        let server = Attributes { status: 404, error_type: Some("route_not_found"), ..Attributes::default() };
+        let client = Attributes { status: 404, ..Attributes::default() };
+        let doc = encode(&[record(SpanKind::Server, server), record(SpanKind::Client, client)]);
+        let spans = &doc["resourceSpans"][0]["scopeSpans"][0]["spans"];
+        assert!(spans[0].get("status").is_none());
+        assert_eq!(attr(&spans[0], "error.type").expect("error.type")["stringValue"], "route_not_found");
+        assert_eq!(spans[1]["status"]["code"], 2);
+        assert_eq!(attr(&spans[1], "error.type").expect("error.type")["stringValue"], "404");
+    }
+
+    #[test]
+    fn reads_partial_success() {
+        assert_eq!(rejected_spans(b"{}"), 0);
+        assert_eq!(rejected_spans(br#"{"partialSuccess":{"rejectedSpans":"3","errorMessage":"x"}}"#), 3);
+        assert_eq!(rejected_spans(br#"{"partialSuccess":{"rejectedSpans":4}}"#), 4);
+    }
+}
