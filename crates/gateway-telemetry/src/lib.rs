@@ -4,7 +4,8 @@
 //! [`RouteMetrics`] handle when a configuration is built, holding plain atomics indexed
 //! by method and status. Handles are kept by route name, so counters survive reloads.
 //!
-//! [`trace`] holds distributed tracing: W3C `traceparent`, spans, and OTLP/HTTP export.
+//! [`trace`] holds distributed tracing: W3C `traceparent`, spans, and OTLP/HTTP export;
+//! [`access_log`] the JSON line of each request.
 //!
 //! ```
 //! use gateway_telemetry::Metrics;
@@ -22,6 +23,8 @@ use std::time::Duration;
 
 use http::Method;
 
+pub mod access_log;
+pub mod json;
 pub mod trace;
 
 /// The route label of requests that matched no route.

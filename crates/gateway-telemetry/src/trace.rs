@@ -42,7 +42,7 @@
 //! Costs on the request path: parsing `traceparent` and making ids touch no lock and no
 //! heap; the `traceparent` sent upstream is one small allocation; a span that is not
 //! sampled (or comes from [`Tracer::disabled`]) records nothing; a sampled one is
-//! a few cheap clones and one non-blocking `try_send` into a bounded queue.
+//! a few cheap clones and a push into a bounded queue under an uncontended lock.
 
 mod context;
 /// For tests: OTLP protobuf export bodies read back as the JSON mapping.
@@ -51,12 +51,13 @@ pub mod decode;
 mod export;
 mod id;
 mod otlp;
+mod queue;
 mod sampler;
 mod span;
 #[cfg(test)]
 mod tests;
 
-pub use context::{parse_traceparent, TraceContext, TRACEPARENT, TRACEPARENT_LEN, TRACESTATE};
+pub use context::{hex_into, parse_traceparent, TraceContext, TRACEPARENT, TRACEPARENT_LEN, TRACESTATE};
 pub use export::{
     TraceCounters, Tracer, TracerBuilder, DEFAULT_BATCH_SIZE, DEFAULT_EXPORT_TIMEOUT, DEFAULT_FLUSH_INTERVAL,
     DEFAULT_QUEUE_CAPACITY,

@@ -15,7 +15,7 @@ const BATCH_BYTES: usize = 256 * 1024;
 const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 struct Writer {
-    queue: SyncSender<String>,
+    queue: SyncSender<Vec<u8>>,
 }
 
 /// Counted outside the writer, so reading it (for `/metrics`) starts nothing.
@@ -24,17 +24,17 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 fn writer() -> &'static Writer {
     static WRITER: OnceLock<Writer> = OnceLock::new();
     WRITER.get_or_init(|| {
-        let (queue, lines) = sync_channel::<String>(QUEUE_LINES);
+        let (queue, lines) = sync_channel::<Vec<u8>>(QUEUE_LINES);
         let spawned = std::thread::Builder::new().name("gateway-access-log".into()).spawn(move || {
             let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
             while let Ok(line) = lines.recv() {
                 batch.clear();
-                batch.extend_from_slice(line.as_bytes());
+                batch.extend_from_slice(&line);
                 batch.push(b'\n');
                 // Whatever else is queued goes in the same write.
                 while batch.len() < BATCH_BYTES {
                     let Ok(more) = lines.try_recv() else { break };
-                    batch.extend_from_slice(more.as_bytes());
+                    batch.extend_from_slice(&more);
                     batch.push(b'\n');
                 }
                 // Lock stdout only while writing a batch: anything else that prints (a test
@@ -55,8 +55,8 @@ fn writer() -> &'static Writer {
     })
 }
 
-/// Queue one line; never blocks.
-pub fn write(line: String) {
+/// Queue one line (without its newline); never blocks.
+pub fn write(line: Vec<u8>) {
     if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = writer().queue.try_send(line) {
         DROPPED.fetch_add(1, Ordering::Relaxed);
     }

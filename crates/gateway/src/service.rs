@@ -106,7 +106,7 @@ pub async fn handle(
     if let Some(code) = error_code {
         span.set_error_type(code);
     }
-    let trace_id = runtime.config.telemetry.access_log.then(|| span.context().trace_id_hex());
+    let trace_id = span.context().trace_id;
     runtime.tracer.finish(span);
     if let Some(path) = path_for_log {
         let entry = AccessEntry {
@@ -116,7 +116,7 @@ pub async fn handle(
             path: &path,
             upstream: upstream.as_deref().map(EndpointState::address),
             error: error_code,
-            trace_id: trace_id.as_deref(),
+            trace_id: Some(trace_id),
             elapsed,
         };
         access_log(&entry, &response);
@@ -731,24 +731,8 @@ struct AccessEntry<'a> {
     upstream: Option<&'a str>,
     /// The error code when the gateway answered itself.
     error: Option<&'static str>,
-    trace_id: Option<&'a str>,
+    trace_id: Option<[u8; 16]>,
     elapsed: std::time::Duration,
-}
-
-/// One access-log line, serialized straight from borrowed fields (no map of values per request).
-#[derive(serde::Serialize)]
-struct AccessLine<'a> {
-    ts: &'a str,
-    request_id: &'a str,
-    route: Option<&'a str>,
-    method: &'a str,
-    path: &'a str,
-    status: u16,
-    upstream: Option<&'a str>,
-    duration_ms: f64,
-    bytes: Option<u64>,
-    error: Option<&'static str>,
-    trace_id: Option<&'a str>,
 }
 
 fn access_log(entry: &AccessEntry<'_>, response: &Response<Body>) {
@@ -760,7 +744,7 @@ fn access_log(entry: &AccessEntry<'_>, response: &Response<Body>) {
         .and_then(|v| v.parse::<u64>().ok())
         .or_else(|| hyper::body::Body::size_hint(response.body()).exact());
     let ts = gateway_core::Rfc3339::now();
-    let line = AccessLine {
+    let line = gateway_telemetry::access_log::AccessLine {
         ts: ts.as_str(),
         request_id: entry.request_id.as_str(),
         route: entry.policy.map(|p| p.name.as_str()),
@@ -768,14 +752,10 @@ fn access_log(entry: &AccessEntry<'_>, response: &Response<Body>) {
         path: entry.path,
         status: response.status().as_u16(),
         upstream: entry.upstream,
-        duration_ms: entry.elapsed.as_secs_f64() * 1000.0,
+        duration: entry.elapsed,
         bytes,
         error: entry.error,
         trace_id: entry.trace_id,
     };
-    let mut out = Vec::with_capacity(320);
-    if serde_json::to_writer(&mut out, &line).is_ok() {
-        // serde_json writes UTF-8 only.
-        crate::access_log::write(String::from_utf8(out).unwrap_or_default());
-    }
+    crate::access_log::write(line.to_json());
 }

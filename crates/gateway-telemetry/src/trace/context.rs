@@ -171,7 +171,7 @@ fn unhex_into(hex: &[u8], out: &mut [u8]) -> Option<()> {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Write `bytes` as lowercase hex into `out` (which holds exactly twice as many bytes).
-pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
+pub fn hex_into(bytes: &[u8], out: &mut [u8]) {
     for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
         pair[0] = HEX[usize::from(byte >> 4)];
         pair[1] = HEX[usize::from(byte & 0x0f)];

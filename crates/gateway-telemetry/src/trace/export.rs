@@ -1,17 +1,15 @@
 //! The [`Tracer`]: span creation with the sampling decision, a bounded queue of finished
 //! spans, and the background task that POSTs them to the collector over OTLP/HTTP.
 //!
-//! The queue is a bounded `tokio::sync::mpsc` channel. Finishing a span is a `try_send`:
-//! it never blocks and works from any thread or runtime; when the queue is full the span is
-//! dropped and counted. The exporter task does not wait on the channel (every send would
-//! then wake it across threads); it wakes on a timer (`flush_interval`) or when a sender
-//! sees a full batch waiting, drains the queue, and sends batches one POST at a time, so a
-//! slow or absent collector costs the gateway nothing but the spans it drops.
+//! The queue ([`SpanQueue`]) is bounded in spans. Finishing a span never blocks and works
+//! from any thread or runtime; when the queue is full the span is dropped and counted. The
+//! exporter task does not wait on each span (that would wake it across threads per request);
+//! it wakes on a timer (`flush_interval`) or when a full batch is waiting, takes what is
+//! queued, and sends batches one POST at a time, so a slow or absent collector costs the
+//! gateway nothing but the spans it drops.
 
-use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,11 +20,12 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use super::context::TraceContext;
 use super::id::new_trace_id;
 use super::otlp::{rejected_spans, Encoder, Protocol};
+use super::queue::SpanQueue;
 use super::sampler::Sampler;
 use super::span::{ActiveSpan, SpanBuilder, SpanKind, SpanRecord};
 
@@ -61,7 +60,7 @@ struct CountersInner {
     exports_ok: AtomicU64,
     exports_error: AtomicU64,
     /// The queue of the tracer built last, for the queue gauge (read at scrape time only).
-    queue: Mutex<Option<mpsc::WeakSender<SpanRecord>>>,
+    queue: Mutex<Weak<SpanQueue>>,
 }
 
 impl TraceCounters {
@@ -92,7 +91,7 @@ impl TraceCounters {
     /// Finished spans waiting in the queue of the tracer built last with these counters.
     pub fn queue_len(&self) -> usize {
         let queue = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
-        queue.as_ref().and_then(mpsc::WeakSender::upgrade).map_or(0, |tx| tx.max_capacity() - tx.capacity())
+        queue.upgrade().map_or(0, |q| q.len())
     }
 
     /// Append the trace metrics in Prometheus text format.
@@ -198,8 +197,8 @@ impl TracerBuilder {
         let client = HttpClient::new(&uri, self.export_timeout)?;
         let counters = self.counters.unwrap_or_default();
         let batch_size = self.batch_size.min(self.queue_capacity);
-        let (tx, rx) = mpsc::channel(self.queue_capacity);
-        *counters.inner.queue.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.downgrade());
+        let queue = Arc::new(SpanQueue::new(self.queue_capacity));
+        *counters.inner.queue.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&queue);
         let wake = Arc::new(Notify::new());
         let task = Task {
             client,
@@ -214,7 +213,7 @@ impl TracerBuilder {
             last_drop_log: None,
         };
         #[cfg_attr(not(test), allow(unused_variables))]
-        let task = runtime.spawn(task.run(rx, wake.clone(), batch_size, self.queue_capacity, self.flush_interval));
+        let task = runtime.spawn(task.run(queue.clone(), wake.clone(), batch_size, self.flush_interval));
         Ok(Tracer {
             sampler,
             counters,
@@ -222,8 +221,7 @@ impl TracerBuilder {
             service_name: self.service_name,
             protocol: self.protocol,
             export: Some(Export {
-                tx,
-                capacity: self.queue_capacity,
+                queue,
                 batch_size,
                 wake: WakeOnDrop(wake),
                 #[cfg(test)]
@@ -271,11 +269,10 @@ pub struct Tracer {
     export: Option<Export>,
 }
 
-/// The sending half of the export pipeline. Field order matters: the sender is dropped
-/// before the task is woken, so the task sees the queue closed.
+/// The request path's half of the export pipeline. Dropping it closes the queue, then wakes
+/// the task (field order), so the task sends what is left and stops.
 struct Export {
-    tx: mpsc::Sender<SpanRecord>,
-    capacity: usize,
+    queue: Arc<SpanQueue>,
     batch_size: usize,
     wake: WakeOnDrop,
     /// Tests check that the task stops; otherwise it is detached (it stops on its own once
@@ -286,6 +283,12 @@ struct Export {
 
 /// Wakes the exporter task when the tracer goes, so it flushes and stops at once.
 struct WakeOnDrop(Arc<Notify>);
+
+impl Drop for Export {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
 
 impl Drop for WakeOnDrop {
     fn drop(&mut self) {
@@ -380,12 +383,12 @@ impl Tracer {
 
     /// Finished spans waiting for export now.
     pub fn queue_len(&self) -> usize {
-        self.export.as_ref().map_or(0, |e| e.capacity - e.tx.capacity())
+        self.export.as_ref().map_or(0, |e| e.queue.len())
     }
 
     /// The most spans that can wait for export.
     pub fn queue_capacity(&self) -> usize {
-        self.export.as_ref().map_or(0, |e| e.capacity)
+        self.export.as_ref().map_or(0, |e| e.queue.capacity())
     }
 
     /// Whether a trace that starts here with this id is recorded (the ratio rule; an
@@ -436,22 +439,15 @@ impl Tracer {
             return;
         }
         let Some(export) = &self.export else { return };
-        if export.tx.capacity() == 0 {
-            // Full: skip building the record.
+        let Some(queued) = export.queue.reserve() else {
+            // Full: the span is dropped before its record is built.
             self.counters.inner.dropped.fetch_add(1, Ordering::Relaxed);
             return;
-        }
-        match export.tx.try_send(span.into_record()) {
-            Ok(()) => {
-                // Wake the exporter once per full batch; the timer covers the rest.
-                let queued = export.capacity - export.tx.capacity();
-                if queued % export.batch_size == 0 {
-                    export.wake.0.notify_one();
-                }
-            }
-            Err(_) => {
-                self.counters.inner.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        };
+        export.queue.push(span.into_record());
+        // Wake the exporter once per full batch; the timer covers the rest.
+        if queued % export.batch_size == 0 {
+            export.wake.0.notify_one();
         }
     }
 
@@ -520,23 +516,24 @@ struct Task {
 }
 
 impl Task {
-    async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<SpanRecord>,
-        wake: Arc<Notify>,
-        batch_size: usize,
-        capacity: usize,
-        flush_interval: Duration,
-    ) {
+    async fn run(mut self, queue: Arc<SpanQueue>, wake: Arc<Notify>, batch_size: usize, flush_interval: Duration) {
         let mut tick = tokio::time::interval(flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch = Vec::with_capacity(batch_size);
+        let mut taken = Vec::new();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = wake.notified() => {}
             }
-            let closed = self.drain(&mut rx, &mut batch, batch_size, capacity).await;
+            // Read before taking: once closed, nothing more can be finished (`finish` needs
+            // the tracer), so what is taken after this is everything.
+            let closed = queue.is_closed();
+            queue.take_into(&mut taken);
+            for batch in taken.chunks(batch_size) {
+                self.export(batch).await;
+                queue.release(batch.len());
+            }
+            taken.clear();
             self.log_drops();
             if closed {
                 tracing::debug!(endpoint = %self.uri, "trace exporter stopped");
@@ -545,42 +542,9 @@ impl Task {
         }
     }
 
-    /// Send what is queued, in batches; `true` once the tracer is gone and the queue empty.
-    /// At most a queue's worth per wake, so a busy gateway cannot keep this loop from the
-    /// timer (and the log) for ever.
-    async fn drain(
-        &mut self,
-        rx: &mut mpsc::Receiver<SpanRecord>,
-        batch: &mut Vec<SpanRecord>,
-        batch_size: usize,
-        capacity: usize,
-    ) -> bool {
-        let mut rounds = capacity.div_ceil(batch_size) + 1;
-        loop {
-            let room = batch_size - batch.len();
-            let polled = poll_fn(|cx| Poll::Ready(rx.poll_recv_many(cx, batch, room))).await;
-            let closed = matches!(polled, Poll::Ready(0));
-            let more = matches!(polled, Poll::Ready(n) if n > 0) && batch.len() < batch_size;
-            if more {
-                continue;
-            }
-            if !batch.is_empty() {
-                self.export(batch).await;
-                rounds -= 1;
-            }
-            if closed {
-                return true;
-            }
-            if polled.is_pending() || rounds == 0 {
-                return false;
-            }
-        }
-    }
-
-    async fn export(&mut self, batch: &mut Vec<SpanRecord>) {
+    async fn export(&mut self, batch: &[SpanRecord]) {
         let spans = batch.len() as u64;
         let body = self.encoder.encode(batch);
-        batch.clear();
         let request = Request::post(self.uri.clone())
             .header(CONTENT_TYPE, self.encoder.protocol().content_type())
             .header(USER_AGENT, concat!("gateway/", env!("CARGO_PKG_VERSION")))

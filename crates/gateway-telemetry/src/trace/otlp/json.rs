@@ -132,61 +132,12 @@ pub(super) fn rejected_spans(body: &[u8]) -> u64 {
     }
 }
 
-/// `value` in decimal, without going through `fmt`.
 fn decimal(out: &mut Vec<u8>, value: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    crate::json::unsigned(out, value);
 }
 
-/// The concatenation of `parts` as one JSON string literal.
 fn json_str(out: &mut Vec<u8>, parts: &[&str]) {
-    out.push(b'"');
-    for part in parts {
-        escape_into(out, part);
-    }
-    out.push(b'"');
-}
-
-/// Bytes a JSON string cannot hold as they are: `"`, `\` and control characters.
-const NEEDS_ESCAPE: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 0x20 {
-        table[b] = true;
-        b += 1;
-    }
-    table[b'"' as usize] = true;
-    table[b'\\' as usize] = true;
-    table
-};
-
-fn escape_into(out: &mut Vec<u8>, s: &str) {
-    use std::io::Write as _;
-    let bytes = s.as_bytes();
-    // Paths, hosts and names almost never need escaping: copy them in one go.
-    if !bytes.iter().any(|&b| NEEDS_ESCAPE[usize::from(b)]) {
-        out.extend_from_slice(bytes);
-        return;
-    }
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let short: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        if short.is_empty() {
-            let _ = write!(out, "\\u{b:04x}");
-        } else {
-            out.extend_from_slice(short);
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
+    crate::json::string(out, parts);
 }
 
 #[cfg(test)]
