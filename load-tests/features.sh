@@ -10,8 +10,10 @@
 #   {request_id} + allow_ips), /aggregate (two JSON parts from the same backend).
 # Telemetry is process-wide, so two more gateways on core 0 serve /plain with
 # `access_log = true` (stdout to /dev/null), and with the access log plus OTLP traces
-# exported to the backend (a sink location answering 200). They sit idle while the others
-# are measured, and their rounds are interleaved with the rest.
+# exported to the backend (a sink location answering 200), and a third, the same with
+# telemetry off, is their baseline (two processes of one binary and config can differ by a
+# few percent; the twin takes that out of the telemetry ratios). They sit idle while the
+# others are measured, and their rounds are interleaved with the rest.
 #
 # Knobs: those of run.sh (ROUNDS, DURATION, CONNS, PROXY_CORE, LOAD_CORE, QUIET_WAIT,
 # KEEP_WORK, SKIP_BUILD, NICE); ROUNDS defaults to 7 here (10 routes: about 3 minutes).
@@ -42,6 +44,7 @@ declare -A WHAT=(
     [aggregate]="/aggregate, 2 JSON parts"
     [access-log]="/plain, access_log = true"
     [traced]="/plain, access_log + OTLP traces"
+    [twin]="/plain, the telemetry gateways' twin, telemetry off"
 )
 
 b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
@@ -139,7 +142,7 @@ start_gw() {
     for t in "$@"; do
         PID[$t]=$LAST_PID GW[$t]=$name PORT[$t]=${ports[0]}
         case "$t" in
-            access-log | traced) URL[$t]="http://127.0.0.1:${ports[0]}/plain" ;;
+            access-log | traced | twin) URL[$t]="http://127.0.0.1:${ports[0]}/plain" ;;
             *) URL[$t]="http://127.0.0.1:${ports[0]}/$t" ;;
         esac
     done
@@ -208,6 +211,13 @@ def share(xs):
 print(f"Other work on the machine: {busy_before}% of all cores busy just before the rounds, {busy_after}% just after. "
       f"During the rounds, share of the proxy core used by other work: {share(others_proxy)}; "
       f"of the load core: {share(others_load)}.")
+if "twin" in rows:
+    def vs_twin(t):
+        ratios = [r["rps"] / p["rps"] for r, p in zip(rows[t], rows["twin"])]
+        cpu = med[t]["cpu"] - med["twin"]["cpu"]
+        return f"{what[t]}: {statistics.median(ratios):.2f}× (rounds {min(ratios):.2f}–{max(ratios):.2f}), {cpu:+.1f} µs CPU/req"
+    print("Telemetry against its twin (same config, telemetry off; per-round ratios, median): "
+          + "; ".join(vs_twin(t) for t in ("access-log", "traced") if t in rows) + ".")
 for t in targets:
     errors = sum(r["err"] for r in rows[t])
     if errors:
@@ -248,9 +258,10 @@ main() {
     start_gw logged "access_log = true" access-log
     start_gw traced "access_log = true
 otlp_endpoint = \"http://127.0.0.1:${PORT[direct]}\"" traced
-    TARGETS+=(access-log traced)
+    start_gw twin "access_log = false" twin
+    TARGETS+=(access-log traced twin)
     check_routes
-    log "ready: backend :${PORT[direct]}, gateways :${PORT[plain]} :${PORT[access-log]} :${PORT[traced]}"
+    log "ready: backend :${PORT[direct]}, gateways :${PORT[plain]} :${PORT[access-log]} :${PORT[traced]} :${PORT[twin]}"
 
     wait_quiet
     : >"$WORK/results.tsv"

@@ -14,8 +14,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub struct Rfc3339([u8; 24]);
 
 impl Rfc3339 {
+    /// Now. The date and time down to the second are formatted once per second per thread.
     pub fn now() -> Rfc3339 {
-        Rfc3339::at(SystemTime::now())
+        thread_local! {
+            static LAST: std::cell::Cell<(u64, Rfc3339)> = const { std::cell::Cell::new((u64::MAX, Rfc3339(*b"1970-01-01T00:00:00.000Z"))) };
+        }
+        let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let (secs, millis) = (since.as_secs(), since.subsec_millis());
+        let mut stamp = LAST.with(|last| match last.get() {
+            (at, stamp) if at == secs => stamp,
+            _ => {
+                let stamp = Rfc3339::at(UNIX_EPOCH + std::time::Duration::from_secs(secs));
+                last.set((secs, stamp));
+                stamp
+            }
+        });
+        stamp.0[20] = b'0' + (millis / 100) as u8;
+        stamp.0[21] = b'0' + (millis / 10 % 10) as u8;
+        stamp.0[22] = b'0' + (millis % 10) as u8;
+        stamp
     }
 
     /// `t` (instants before 1970 read as 1970).
@@ -86,5 +103,16 @@ mod tests {
         assert_eq!(at(951_782_400 - 1, 0), "2000-02-28T23:59:59.000Z");
         assert_eq!(at(1_709_251_200, 123), "2024-03-01T00:00:00.123Z");
         assert_eq!(Rfc3339::at(UNIX_EPOCH - Duration::from_secs(1)).as_str(), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn now_matches_a_fresh_format() {
+        for _ in 0..1000 {
+            let before = SystemTime::now();
+            let now = Rfc3339::now();
+            let after = SystemTime::now();
+            let (a, b) = (Rfc3339::at(before).to_string(), Rfc3339::at(after).to_string());
+            assert!(a.as_str() <= now.as_str() && now.as_str() <= b.as_str(), "{a} {now} {b}");
+        }
     }
 }

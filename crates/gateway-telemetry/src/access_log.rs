@@ -43,34 +43,40 @@ impl AccessLine<'_> {
     /// ```
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.path.len());
+        self.write_json(&mut out);
+        out
+    }
+
+    /// Append the line as a JSON object (without the newline) to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"ts\":");
-        json::string(&mut out, &[self.ts]);
+        json::string(out, &[self.ts]);
         out.extend_from_slice(b",\"request_id\":");
-        json::string(&mut out, &[self.request_id]);
+        json::string(out, &[self.request_id]);
         out.extend_from_slice(b",\"route\":");
-        optional_string(&mut out, self.route);
+        optional_string(out, self.route);
         out.extend_from_slice(b",\"method\":");
-        json::string(&mut out, &[self.method]);
+        json::string(out, &[self.method]);
         out.extend_from_slice(b",\"path\":");
-        json::string(&mut out, &[self.path]);
+        json::string(out, &[self.path]);
         out.extend_from_slice(b",\"status\":");
-        json::unsigned(&mut out, u64::from(self.status));
+        json::unsigned(out, u64::from(self.status));
         out.extend_from_slice(b",\"upstream\":");
-        optional_string(&mut out, self.upstream);
+        optional_string(out, self.upstream);
         // Milliseconds with microsecond precision, from integers (exact, and no float printing).
         let micros = u64::try_from(self.duration.as_micros()).unwrap_or(u64::MAX);
         out.extend_from_slice(b",\"duration_ms\":");
-        json::unsigned(&mut out, micros / 1000);
+        json::unsigned(out, micros / 1000);
         let frac = micros % 1000;
         out.push(b'.');
         out.extend_from_slice(&[b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8]);
         out.extend_from_slice(b",\"bytes\":");
         match self.bytes {
-            Some(bytes) => json::unsigned(&mut out, bytes),
+            Some(bytes) => json::unsigned(out, bytes),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"error\":");
-        optional_string(&mut out, self.error);
+        optional_string(out, self.error);
         out.extend_from_slice(b",\"trace_id\":");
         match &self.trace_id {
             Some(id) => {
@@ -83,7 +89,6 @@ impl AccessLine<'_> {
             None => out.extend_from_slice(b"null"),
         }
         out.push(b'}');
-        out
     }
 }
 

@@ -1,21 +1,27 @@
-//! The access log's writer: lines are handed to one background thread through a bounded
-//! queue, so a slow terminal or pipe never slows a request. When the queue is full, lines
-//! are dropped and counted rather than waited for. The writer writes in batches, every 5 ms
-//! at most, so that under load a request costs neither a thread wake-up nor a write.
+//! The access log's writer. A request appends its line to one of a few buffers (one per
+//! worker thread, under a lock nobody else takes but the writer), and one background thread
+//! swaps the buffers out and writes them to stdout every few milliseconds. So a request costs
+//! neither an allocation, a thread wake-up nor a write, and a slow terminal or pipe never
+//! slows a request: past a buffer's bound, lines are dropped and counted rather than waited
+//! for. When there is nothing to write the thread parks; the first line after that unparks it.
 
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::thread::Thread;
+use std::time::Duration;
 
-const QUEUE_LINES: usize = 16 * 1024;
-/// At most this much is written at once.
-const BATCH_BYTES: usize = 256 * 1024;
+/// Bytes one buffer holds at most while the writer is behind.
+const BUFFER_BOUND: usize = 4 * 1024 * 1024;
 /// How long the writer lets lines gather between writes.
-const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
+const GATHER: Duration = Duration::from_millis(5);
 
 struct Writer {
-    queue: SyncSender<Vec<u8>>,
+    buffers: Box<[Mutex<Vec<u8>>]>,
+    /// The writer thread, to unpark (absent if it could not be started).
+    thread: Option<Thread>,
+    /// The writer found nothing to write and parks (or is about to).
+    parked: AtomicBool,
 }
 
 /// Counted outside the writer, so reading it (for `/metrics`) starts nothing.
@@ -24,41 +30,79 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 fn writer() -> &'static Writer {
     static WRITER: OnceLock<Writer> = OnceLock::new();
     WRITER.get_or_init(|| {
-        let (queue, lines) = sync_channel::<Vec<u8>>(QUEUE_LINES);
-        let spawned = std::thread::Builder::new().name("gateway-access-log".into()).spawn(move || {
-            let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
-            while let Ok(line) = lines.recv() {
-                batch.clear();
-                batch.extend_from_slice(&line);
-                batch.push(b'\n');
-                // Whatever else is queued goes in the same write.
-                while batch.len() < BATCH_BYTES {
-                    let Ok(more) = lines.try_recv() else { break };
-                    batch.extend_from_slice(&more);
-                    batch.push(b'\n');
-                }
-                // Lock stdout only while writing a batch: anything else that prints (a test
-                // harness, a panic message) must never wait on the access log.
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(&batch);
-                let _ = out.flush();
-                drop(out);
-                // Let lines gather before the next write: a wake-up and a write per request
-                // would cost the workers more than the log itself (lines wait at most this).
-                std::thread::sleep(GATHER);
+        let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let buffers = (0..threads.clamp(4, 64)).map(|_| Mutex::new(Vec::new())).collect();
+        let spawned = std::thread::Builder::new().name("gateway-access-log".into()).spawn(|| write_forever(writer()));
+        let thread = match spawned {
+            Ok(handle) => Some(handle.thread().clone()),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the access log writer");
+                None
             }
-        });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the access log writer");
-        }
-        Writer { queue }
+        };
+        Writer { buffers, thread, parked: AtomicBool::new(false) }
     })
 }
 
-/// Queue one line (without its newline); never blocks.
-pub fn write(line: Vec<u8>) {
-    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = writer().queue.try_send(line) {
-        DROPPED.fetch_add(1, Ordering::Relaxed);
+fn write_forever(writer: &Writer) {
+    let mut batch: Vec<u8> = Vec::new();
+    loop {
+        let mut wrote = false;
+        for buffer in &writer.buffers {
+            std::mem::swap(&mut batch, &mut buffer.lock().unwrap_or_else(|e| e.into_inner()));
+            if !batch.is_empty() {
+                // Lock stdout only while writing: anything else that prints (a test harness,
+                // a panic message) must never wait on the access log.
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&batch);
+                let _ = out.flush();
+                batch.clear();
+                wrote = true;
+            }
+        }
+        if !wrote {
+            // A quiet gateway: park until a line comes. Say so first, then look again, so a
+            // line appended in between is not left waiting.
+            writer.parked.store(true, Ordering::SeqCst);
+            if writer.buffers.iter().all(|b| b.lock().unwrap_or_else(|e| e.into_inner()).is_empty()) {
+                std::thread::park();
+            }
+            writer.parked.store(false, Ordering::SeqCst);
+            continue;
+        }
+        // Let lines gather before the next write: a wake-up and a write per request would
+        // cost the workers more than the log itself (lines wait at most this).
+        std::thread::sleep(GATHER);
+    }
+}
+
+/// Which buffer this thread appends to: threads take turns.
+fn buffer_of_this_thread() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static BUFFER: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    BUFFER.with(|b| *b)
+}
+
+/// Append one line: `line` writes it (without the newline) into the buffer. Never blocks
+/// on the output.
+pub fn write(line: impl FnOnce(&mut Vec<u8>)) {
+    let writer = writer();
+    let buffer = &writer.buffers[buffer_of_this_thread() % writer.buffers.len()];
+    {
+        let mut buffer = buffer.lock().unwrap_or_else(|e| e.into_inner());
+        if buffer.len() >= BUFFER_BOUND {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        line(&mut buffer);
+        buffer.push(b'\n');
+    }
+    if writer.parked.load(Ordering::SeqCst) {
+        if let Some(thread) = &writer.thread {
+            thread.unpark();
+        }
     }
 }
 

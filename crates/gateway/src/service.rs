@@ -757,5 +757,5 @@ fn access_log(entry: &AccessEntry<'_>, response: &Response<Body>) {
         error: entry.error,
         trace_id: entry.trace_id,
     };
-    crate::access_log::write(line.to_json());
+    crate::access_log::write(|out| line.write_json(out));
 }

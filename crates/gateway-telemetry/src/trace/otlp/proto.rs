@@ -134,7 +134,10 @@ impl SpanSink for Proto<'_> {
 
 /// A `KeyValue` with a string `AnyValue` (field 1), as field `field`.
 fn string_attribute(out: &mut Vec<u8>, field: u8, name: &str, parts: &[&str]) {
-    let text: usize = parts.iter().map(|p| p.len()).sum();
+    let text: usize = match parts {
+        [one] => one.len(),
+        _ => parts.iter().map(|p| p.len()).sum(),
+    };
     let any_value = 1 + varint_len(text as u64) + text;
     let key_value = 1 + varint_len(name.len() as u64) + name.len() + 1 + varint_len(any_value as u64) + any_value;
     // One capacity check for the whole attribute (this runs a dozen times per span).
@@ -178,9 +181,14 @@ fn varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
+#[inline]
 fn varint_len(value: u64) -> usize {
-    // 7 bits per byte; 0 still takes one.
-    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+    match value {
+        0..0x80 => 1,
+        0x80..0x4000 => 2,
+        // 7 bits per byte.
+        _ => (64 - value.leading_zeros() as usize).div_ceil(7),
+    }
 }
 
 /// `partial_success.rejected_spans` of an `ExportTraceServiceResponse`, else 0 (also for a
