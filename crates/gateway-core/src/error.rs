@@ -133,14 +133,14 @@ impl GatewayError {
 
     /// The one mapping from an error to a response: SPEC.md's JSON body, or for gRPC
     /// callers HTTP 200 with `grpc-status` and `grpc-message`.
-    pub fn into_response(self, request_id: &RequestId, grpc: bool) -> Response<Body> {
+    pub fn into_response(mut self, request_id: &RequestId, grpc: bool) -> Response<Body> {
         let mut builder = Response::builder();
         let headers = builder.headers_mut().expect("fresh builder has headers");
         headers.insert(X_REQUEST_ID, request_id.header_value().clone());
         if self.close {
             headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
-        for (name, value) in self.headers {
+        for (name, value) in std::mem::take(&mut self.headers) {
             headers.append(name, value);
         }
         if grpc {
@@ -153,15 +153,21 @@ impl GatewayError {
             return builder.status(StatusCode::OK).body(Body::empty()).expect("valid response parts");
         }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let body = serde_json::json!({
+        let body = self.json_body(request_id);
+        builder.status(self.kind.status()).body(full(body)).expect("valid response parts")
+    }
+
+    /// SPEC.md's JSON error body: `{"error": {"status", "code", "message", "request_id"}}`.
+    pub fn json_body(&self, request_id: &RequestId) -> String {
+        serde_json::json!({
             "error": {
                 "status": self.kind.status().as_u16(),
                 "code": self.kind.code(),
                 "message": self.message,
                 "request_id": request_id.as_str(),
             }
-        });
-        builder.status(self.kind.status()).body(full(body.to_string())).expect("valid response parts")
+        })
+        .to_string()
     }
 }
 

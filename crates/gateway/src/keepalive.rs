@@ -11,10 +11,12 @@
 //! ([`ConnClock::head_progress`]), the service holds an [`InFlight`] guard per request
 //! until its response body is finished, and [`ConnClock::expired`] is raced against the
 //! connection. On [`Expiry::Idle`] the server shuts the connection down gracefully (an
-//! HTTP/2 client gets GOAWAY); on [`Expiry::Head`] it drops the connection.
+//! HTTP/2 client gets GOAWAY); on [`Expiry::Head`] a started HTTP/1.1 head gets a 408
+//! `request_timeout` and the connection closes (a connection that never sent a byte is
+//! closed without one).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -57,6 +59,8 @@ struct State {
     /// Milliseconds from `start` to the current head's first byte, plus one; 0: no head
     /// in progress.
     head_since_ms: AtomicU64,
+    /// The started head took too long: the connection answers 408 and closes.
+    head_timed_out: AtomicBool,
 }
 
 impl ConnClock {
@@ -67,6 +71,7 @@ impl ConnClock {
             requests: AtomicU32::new(0),
             idle_since_ms: AtomicU64::new(0),
             head_since_ms: AtomicU64::new(0),
+            head_timed_out: AtomicBool::new(false),
         }))
     }
 
@@ -86,6 +91,21 @@ impl ConnClock {
         } else if since.load(Ordering::Relaxed) == 0 {
             since.store(self.now_ms() + 1, Ordering::Relaxed);
         }
+    }
+
+    /// Whether some bytes of a request head arrived and the head is not complete.
+    pub fn head_in_progress(&self) -> bool {
+        self.0.head_since_ms.load(Ordering::Relaxed) != 0
+    }
+
+    /// Mark the started head as timed out: the connection's reader answers 408 the next
+    /// time it is polled (see [`StrictIo`](crate::strict::StrictIo)).
+    pub fn time_out_head(&self) {
+        self.0.head_timed_out.store(true, Ordering::Relaxed);
+    }
+
+    pub fn head_timed_out(&self) -> bool {
+        self.0.head_timed_out.load(Ordering::Relaxed)
     }
 
     /// A request reached the service; hold the guard until its response is finished.

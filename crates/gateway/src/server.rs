@@ -237,6 +237,12 @@ async fn drive<C: Future>(
         expiry = clock.expired(timers) => {
             if expiry == Expiry::Head {
                 tracing::debug!("request head not received within header_read_timeout; closing");
+                if clock.head_in_progress() {
+                    // HTTP/1.1: the reader answers 408 when the connection is next polled,
+                    // then reports the end of the stream, which ends the connection.
+                    clock.time_out_head();
+                    let _ = tokio::time::timeout(REPLY_408_WITHIN, conn.as_mut()).await;
+                }
                 return;
             }
         }
@@ -245,6 +251,9 @@ async fn drive<C: Future>(
     graceful(conn.as_mut());
     let _ = conn.await;
 }
+
+/// How long a client that stalled its head gets to take the 408.
+const REPLY_408_WITHIN: Duration = Duration::from_secs(1);
 
 /// hyper's read buffer limit: well above `max_header_bytes`, so that heads a little over
 /// the limit reach the service and get the documented JSON 414/431. The buffer only

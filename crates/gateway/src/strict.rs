@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use gateway_core::{ErrorKind, GatewayError, RequestId};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -156,18 +157,50 @@ pin_project! {
         scanner: HeadScanner,
         verdicts: Verdicts,
         clock: ConnClock,
+        // The 408 being written once the clock timed the head out, and how much is sent.
+        timeout_reply: Option<(Vec<u8>, usize)>,
     }
 }
 
 impl<T> StrictIo<T> {
     pub fn new(inner: T, verdicts: Verdicts, clock: ConnClock) -> Self {
-        Self { inner, scanner: HeadScanner::default(), verdicts, clock }
+        Self { inner, scanner: HeadScanner::default(), verdicts, clock, timeout_reply: None }
     }
 }
 
-impl<T: AsyncRead> AsyncRead for StrictIo<T> {
+/// The whole 408 answer to a head that did not arrive within `header_read_timeout`: written
+/// under hyper, which never saw a complete request to answer.
+fn request_timeout_reply() -> Vec<u8> {
+    let id = RequestId::generate();
+    let body =
+        GatewayError::new(ErrorKind::RequestTimeout, "the request head did not arrive within header_read_timeout")
+            .json_body(&id);
+    format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\nx-request-id: {}\r\n\r\n{body}",
+        body.len(),
+        id.as_str()
+    )
+    .into_bytes()
+}
+
+impl<T: AsyncRead + AsyncWrite> AsyncRead for StrictIo<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.project();
+        let mut this = self.project();
+        if this.clock.head_timed_out() {
+            // Answer 408, then report the end of the stream: hyper drops the partial head
+            // (no answer of its own to an incomplete one) and the connection ends.
+            let (reply, sent) = this.timeout_reply.get_or_insert_with(|| (request_timeout_reply(), 0));
+            while *sent < reply.len() {
+                match ready!(this.inner.as_mut().poll_write(cx, &reply[*sent..])) {
+                    Ok(n) if n > 0 => *sent += n,
+                    // The client is gone: nothing more to say.
+                    _ => *sent = reply.len(),
+                }
+            }
+            let _ = ready!(this.inner.as_mut().poll_flush(cx));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         ready!(this.inner.poll_read(cx, buf))?;
         // Only the bytes this read added: what was filled before was scanned already.

@@ -135,6 +135,7 @@ async fn a_slowloris_head_is_cut_off() {
     let read = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the connection was not closed");
     assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(buf.starts_with(b"HTTP/1.1 408 "), "{}", String::from_utf8_lossy(&buf));
     assert!(backend.seen().is_empty());
 }
 

@@ -129,7 +129,29 @@ async fn a_started_head_gets_header_read_timeout_even_after_idling() {
     assert!(closed.is_ok(), "a started head is not waited for idle_timeout");
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(3), "{took:?}");
+    // SPEC: 408 `request_timeout` when the head did not arrive in time, then the close.
+    let answer = String::from_utf8_lossy(&rest);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    let body: serde_json::Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["status"], 408);
+    assert_eq!(body["error"]["code"], "request_timeout");
+    let id = answer.lines().find_map(|l| l.strip_prefix("x-request-id: ")).expect("a request id");
+    assert_eq!(body["error"]["request_id"], id);
     assert_eq!(backend.seen().len(), 1, "the half head never went upstream");
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_a_byte_is_closed_without_an_answer() {
+    let (backend, gw) = timed("300ms", "10s").await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "closed after header_read_timeout");
+    // Nothing was asked, so nothing is answered (a 408 here could be taken by the client
+    // as the answer to the request it was about to send).
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(backend.seen().is_empty());
 }
 
 #[tokio::test]
