@@ -48,6 +48,9 @@ pub struct NatsBroker {
     client: async_nats::Client,
     jetstream: jetstream::Context,
     metrics: Arc<BrokerMetrics>,
+    /// Counts lost connections: a publish waiting for its acknowledgement when the
+    /// connection goes fails at once rather than at the acknowledgement timeout.
+    disconnects: tokio::sync::watch::Receiver<u64>,
 }
 
 impl NatsBroker {
@@ -63,16 +66,22 @@ impl NatsBroker {
         let metrics = Arc::new(BrokerMetrics::default());
         let (counted, broker) = (metrics.clone(), name.to_owned());
         let connections = Arc::new(AtomicU64::new(0));
+        let (lost, disconnects) = tokio::sync::watch::channel(0u64);
+        let lost = Arc::new(lost);
         let client = async_nats::ConnectOptions::new()
             .event_callback(move |event| {
                 let (counted, broker, connections) = (counted.clone(), broker.clone(), connections.clone());
+                let lost = lost.clone();
                 async move {
                     match event {
                         async_nats::Event::Connected if connections.fetch_add(1, Ordering::Relaxed) > 0 => {
                             counted.connected_again();
                             tracing::info!(event = "broker", %broker, state = "connected", "reconnected");
                         }
-                        async_nats::Event::Disconnected => tracing::warn!(event = "broker", %broker, state = "reconnecting", "connection lost; reconnecting"),
+                        async_nats::Event::Disconnected => {
+                            lost.send_modify(|n| *n += 1);
+                            tracing::warn!(event = "broker", %broker, state = "reconnecting", "connection lost; reconnecting");
+                        }
                         _ => {}
                     }
                 }
@@ -98,7 +107,7 @@ impl NatsBroker {
             tracing::warn!(broker = %name, ?timeout, "not connected in time; retrying in the background");
         }
         let jetstream = jetstream::new(client.clone());
-        Ok(NatsBroker { name: name.to_owned(), client, jetstream, metrics })
+        Ok(NatsBroker { name: name.to_owned(), client, jetstream, metrics, disconnects })
     }
 
     async fn publish_inner(&self, message: OutgoingMessage) -> Result<Confirmation, PublishError> {
@@ -121,10 +130,20 @@ impl NatsBroker {
             return Err(PublishError::Unavailable(state));
         }
         let size = message.body.len();
+        // Watched from before the send: a connection lost after it, before the stream's
+        // acknowledgement, fails the publish now (it may or may not have been stored: the
+        // caller retries, with the deduplication id if it cares).
+        let mut disconnects = self.disconnects.clone();
+        disconnects.mark_unchanged();
         let publish = PublishMessage::build().payload(message.body).headers(headers);
         let ack =
             self.jetstream.send_publish(subject.clone(), publish).await.map_err(|e| self.publish_error(e, size))?;
-        let ack = ack.await.map_err(|e| self.publish_error(e, size))?;
+        let ack = tokio::select! {
+            ack = ack => ack.map_err(|e| self.publish_error(e, size))?,
+            _ = disconnects.changed() => {
+                return Err(PublishError::Connection("the connection was lost before the acknowledgement".into()));
+            }
+        };
         Ok(Confirmation { message_id: message.message_id, duplicate: ack.duplicate, sequence: Some(ack.sequence) })
     }
 

@@ -149,6 +149,47 @@ async fn a_subject_without_a_stream_is_not_confirmed() {
     assert!(broker.publish(m).await.unwrap_err().is_invalid_message());
 }
 
+/// A server that speaks just enough NATS to be connected to, then drops the connection as
+/// soon as a message is published: the publish is in flight, with no acknowledgement coming.
+async fn server_that_drops_publishers() -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let info = format!(
+                    "INFO {{\"server_id\":\"fake\",\"server_name\":\"fake\",\"version\":\"2.10.0\",\"go\":\"go\",\
+                     \"host\":\"127.0.0.1\",\"port\":{port},\"headers\":true,\"max_payload\":1048576,\"proto\":1}}\r\n"
+                );
+                write.write_all(info.as_bytes()).await.unwrap();
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.starts_with("PING") {
+                        let _ = write.write_all(b"PONG\r\n").await;
+                    } else if line.starts_with("PUB ") || line.starts_with("HPUB ") {
+                        return; // both halves dropped: the connection closes
+                    }
+                }
+            });
+        }
+    });
+    format!("nats://127.0.0.1:{port}")
+}
+
+#[tokio::test]
+async fn a_connection_lost_before_the_acknowledgement_fails_the_publish_at_once() {
+    let broker = broker(&server_that_drops_publishers().await).await;
+    let started = Instant::now();
+    let result = broker.publish(message("orders.created", "{}", "r1")).await;
+    let took = started.elapsed();
+    // Not the JetStream acknowledgement timeout (5 s): the loss is the answer.
+    assert!(matches!(result, Err(PublishError::Connection(_))), "{result:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_server_fails_publishes_quickly_and_everything_resumes() {
     logs();
