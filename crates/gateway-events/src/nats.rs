@@ -138,10 +138,22 @@ impl NatsBroker {
         let publish = PublishMessage::build().payload(message.body).headers(headers);
         let ack =
             self.jetstream.send_publish(subject.clone(), publish).await.map_err(|e| self.publish_error(e, size))?;
-        let ack = tokio::select! {
-            ack = ack => ack.map_err(|e| self.publish_error(e, size))?,
-            _ = disconnects.changed() => {
-                return Err(PublishError::Connection("the connection was lost before the acknowledgement".into()));
+        let ack = std::future::IntoFuture::into_future(ack);
+        tokio::pin!(ack);
+        let ack = loop {
+            tokio::select! {
+                // An acknowledgement that is there wins over a loss seen at the same time.
+                biased;
+                ack = &mut ack => break ack.map_err(|e| self.publish_error(e, size))?,
+                Ok(()) = disconnects.changed() => {
+                    // Events arrive on their own task: a late one about a connection that is
+                    // already back says nothing about this publish.
+                    if self.client.connection_state() != State::Connected {
+                        return Err(PublishError::Connection(
+                            "the connection was lost before the acknowledgement".into(),
+                        ));
+                    }
+                }
             }
         };
         Ok(Confirmation { message_id: message.message_id, duplicate: ack.duplicate, sequence: Some(ack.sequence) })

@@ -1,4 +1,4 @@
-//! Small helpers: a per-thread random generator, a stable hash, RFC 3339 times.
+//! Small helpers: a per-thread random generator, a stable hash, jittered back-off.
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
-//! The access log's writer. A request appends its line to one of a few buffers (one per
-//! worker thread, under a lock nobody else takes but the writer), and one background thread
+//! The access log's writer. A request appends its line to one of a few buffers (threads take
+//! them in turn, so each worker usually has its own and the lock is uncontended), and one
+//! background thread
 //! swaps the buffers out and writes them to stdout every few milliseconds. So a request costs
 //! neither an allocation, a thread wake-up nor a write, and a slow terminal or pipe never
 //! slows a request: past a buffer's bound, lines are dropped and counted rather than waited
@@ -11,8 +12,10 @@ use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::Duration;
 
-/// Bytes one buffer holds at most while the writer is behind.
-const BUFFER_BOUND: usize = 4 * 1024 * 1024;
+/// Bytes one buffer holds at most while the writer is behind (some 4,000 lines).
+const BUFFER_BOUND: usize = 1024 * 1024;
+/// A buffer that grew past this in a burst is given back to the allocator once written.
+const KEEP_CAPACITY: usize = 256 * 1024;
 /// How long the writer lets lines gather between writes.
 const GATHER: Duration = Duration::from_millis(5);
 
@@ -27,8 +30,9 @@ struct Writer {
 /// Counted outside the writer, so reading it (for `/metrics`) starts nothing.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
+static WRITER: OnceLock<Writer> = OnceLock::new();
+
 fn writer() -> &'static Writer {
-    static WRITER: OnceLock<Writer> = OnceLock::new();
     WRITER.get_or_init(|| {
         let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
         let buffers = (0..threads.clamp(4, 64)).map(|_| Mutex::new(Vec::new())).collect();
@@ -44,23 +48,36 @@ fn writer() -> &'static Writer {
     })
 }
 
+/// Write out what every buffer holds; whether there was anything.
+fn drain(writer: &Writer, batch: &mut Vec<u8>) -> bool {
+    let mut wrote = false;
+    for buffer in &writer.buffers {
+        std::mem::swap(batch, &mut buffer.lock().unwrap_or_else(|e| e.into_inner()));
+        if !batch.is_empty() {
+            // Lock stdout only while writing: anything else that prints (a test harness, a
+            // panic message) must never wait on the access log.
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(batch);
+            let _ = out.flush();
+            batch.clear();
+            batch.shrink_to(KEEP_CAPACITY);
+            wrote = true;
+        }
+    }
+    wrote
+}
+
+/// Write out the lines still buffered (at shutdown: the writer thread is not waited for).
+pub fn flush() {
+    if let Some(writer) = WRITER.get() {
+        drain(writer, &mut Vec::new());
+    }
+}
+
 fn write_forever(writer: &Writer) {
     let mut batch: Vec<u8> = Vec::new();
     loop {
-        let mut wrote = false;
-        for buffer in &writer.buffers {
-            std::mem::swap(&mut batch, &mut buffer.lock().unwrap_or_else(|e| e.into_inner()));
-            if !batch.is_empty() {
-                // Lock stdout only while writing: anything else that prints (a test harness,
-                // a panic message) must never wait on the access log.
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(&batch);
-                let _ = out.flush();
-                batch.clear();
-                wrote = true;
-            }
-        }
-        if !wrote {
+        if !drain(writer, &mut batch) {
             // A quiet gateway: park until a line comes. Say so first, then look again, so a
             // line appended in between is not left waiting.
             writer.parked.store(true, Ordering::SeqCst);

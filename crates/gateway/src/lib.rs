@@ -581,5 +581,7 @@ impl GatewayHandle {
         subscriptions::shutdown(running).await;
         drop(self.shutdown);
         let _ = self.admin_task.await;
+        // The last requests' access-log lines, which the writer thread may not have written.
+        access_log::flush();
     }
 }

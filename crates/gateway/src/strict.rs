@@ -159,12 +159,15 @@ pin_project! {
         clock: ConnClock,
         // The 408 being written once the clock timed the head out, and how much is sent.
         timeout_reply: Option<(Vec<u8>, usize)>,
+        // Whether hyper's last write was flushed in full: a 408 must never land inside a
+        // response hyper is still sending (a pipelined head behind a slowly read response).
+        flushed: bool,
     }
 }
 
 impl<T> StrictIo<T> {
     pub fn new(inner: T, verdicts: Verdicts, clock: ConnClock) -> Self {
-        Self { inner, scanner: HeadScanner::default(), verdicts, clock, timeout_reply: None }
+        Self { inner, scanner: HeadScanner::default(), verdicts, clock, timeout_reply: None, flushed: true }
     }
 }
 
@@ -189,7 +192,11 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for StrictIo<T> {
         let mut this = self.project();
         if this.clock.head_timed_out() {
             // Answer 408, then report the end of the stream: hyper drops the partial head
-            // (no answer of its own to an incomplete one) and the connection ends.
+            // (no answer of its own to an incomplete one) and the connection ends. Unless
+            // hyper still has bytes of a response on their way: then just the end.
+            if !*this.flushed && this.timeout_reply.is_none() {
+                return Poll::Ready(Ok(()));
+            }
             let (reply, sent) = this.timeout_reply.get_or_insert_with(|| (request_timeout_reply(), 0));
             while *sent < reply.len() {
                 match ready!(this.inner.as_mut().poll_write(cx, &reply[*sent..])) {
@@ -198,7 +205,8 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for StrictIo<T> {
                     _ => *sent = reply.len(),
                 }
             }
-            let _ = ready!(this.inner.as_mut().poll_flush(cx));
+            // Half-close after it, so the client reads the 408 before the connection ends.
+            let _ = ready!(this.inner.as_mut().poll_shutdown(cx));
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -212,11 +220,16 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for StrictIo<T> {
 
 impl<T: AsyncWrite> AsyncWrite for StrictIo<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let this = self.project();
+        *this.flushed = false;
+        this.inner.poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let this = self.project();
+        let flushed = ready!(this.inner.poll_flush(cx));
+        *this.flushed = flushed.is_ok();
+        Poll::Ready(flushed)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -228,7 +241,9 @@ impl<T: AsyncWrite> AsyncWrite for StrictIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        *this.flushed = false;
+        this.inner.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -263,9 +278,11 @@ impl Default for State {
 }
 
 impl HeadScanner {
-    /// Whether part of a request head has arrived and its end has not.
+    /// Whether part of a request head has arrived and its end has not. Empty lines before a
+    /// request line (RFC 9112 §2.2: old clients send a CRLF after a POST body) do not start
+    /// a head: they must not start `header_read_timeout`, nor earn an unasked 408.
     pub fn in_head(&self) -> bool {
-        matches!(&self.state, State::Head(head) if head.bytes > 0)
+        matches!(&self.state, State::Head(head) if head.bytes > 0 && head.line != Line::Leading)
     }
 
     /// Scan the next bytes of the stream, pushing a verdict for each head that ends
@@ -800,6 +817,8 @@ mod tests {
         let verdicts = Verdicts::default();
         let mut scanner = HeadScanner::default();
         assert!(!scanner.in_head());
+        scanner.scan(b"\r\n", &verdicts);
+        assert!(!scanner.in_head(), "an empty line before a request is not a head");
         scanner.scan(b"P", &verdicts);
         assert!(scanner.in_head());
         scanner.scan(b"OST / HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n", &verdicts);

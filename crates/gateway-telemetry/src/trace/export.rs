@@ -88,7 +88,7 @@ impl TraceCounters {
         (self.inner.exports_ok.load(Ordering::Relaxed), self.inner.exports_error.load(Ordering::Relaxed))
     }
 
-    /// Finished spans waiting in the queue of the tracer built last with these counters.
+    /// Finished spans waiting (or being sent) in the queue of the tracer built last with these counters.
     pub fn queue_len(&self) -> usize {
         let queue = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
         queue.upgrade().map_or(0, |q| q.len())
@@ -112,7 +112,7 @@ impl TraceCounters {
              # TYPE gateway_trace_exports_total counter\n\
              gateway_trace_exports_total{{result=\"ok\"}} {ok}\n\
              gateway_trace_exports_total{{result=\"error\"}} {error}\n\
-             # HELP gateway_trace_queue_spans Finished spans waiting for export.\n\
+             # HELP gateway_trace_queue_spans Finished spans waiting for export or being sent.\n\
              # TYPE gateway_trace_queue_spans gauge\n\
              gateway_trace_queue_spans {queue_len}\n",
             self.exported(),
@@ -381,7 +381,7 @@ impl Tracer {
         self.counters.dropped()
     }
 
-    /// Finished spans waiting for export now.
+    /// Finished spans waiting for export, or being sent, now.
     pub fn queue_len(&self) -> usize {
         self.export.as_ref().map_or(0, |e| e.queue.len())
     }

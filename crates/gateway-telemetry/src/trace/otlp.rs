@@ -274,7 +274,7 @@ impl IpText {
             }
             IpAddr::V6(v6) => {
                 let mut cursor = std::io::Cursor::new(&mut self.buf[..]);
-                // 45 bytes hold the longest form (IPv4-mapped with a full prefix).
+                // 39 bytes hold the longest form (eight full groups).
                 let _ = write!(cursor, "{v6}");
                 self.len = usize::try_from(cursor.position()).unwrap_or(0);
             }
