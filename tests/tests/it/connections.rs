@@ -112,14 +112,19 @@ async fn an_idle_keep_alive_connection_outlives_header_read_timeout_then_closes(
     assert_eq!(backend.seen().len(), 2, "both requests went over the one connection");
 }
 
+/// Send `request` on `stream` and assert the answer starts with a 200.
+async fn exchange_200(stream: &mut TcpStream, request: &[u8]) {
+    stream.write_all(request).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+}
+
 #[tokio::test]
 async fn a_started_head_gets_header_read_timeout_even_after_idling() {
     let (backend, gw) = timed("300ms", "10s").await;
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream.write_all(b"GET /first HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = stream.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    exchange_200(&mut stream, b"GET /first HTTP/1.1\r\nhost: a\r\n\r\n").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Half a head, then nothing: closed about header_read_timeout after its first byte.
     stream.write_all(b"GET /second HTTP/1.1\r\nhost: a\r\nx-slow: ").await.unwrap();
@@ -145,17 +150,12 @@ async fn a_started_head_gets_header_read_timeout_even_after_idling() {
 async fn an_empty_line_after_a_request_is_not_a_stalled_head() {
     let (backend, gw) = timed("300ms", "10s").await;
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream.write_all(b"POST /first HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = stream.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    exchange_200(&mut stream, b"POST /first HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\nok").await;
     // The CRLF old clients send after a POST body (RFC 9112 §2.2), then a pause longer
     // than header_read_timeout: no 408, the connection still serves the next request.
     stream.write_all(b"\r\n").await.unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
-    stream.write_all(b"GET /second HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
-    let n = stream.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    exchange_200(&mut stream, b"GET /second HTTP/1.1\r\nhost: a\r\n\r\n").await;
     assert_eq!(backend.seen().len(), 2);
 }
 
