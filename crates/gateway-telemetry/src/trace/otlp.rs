@@ -31,15 +31,6 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    /// `http/protobuf` or `http/json`, the names OpenTelemetry's `OTEL_EXPORTER_OTLP_PROTOCOL` uses.
-    pub fn parse(name: &str) -> Option<Protocol> {
-        match name {
-            "http/protobuf" => Some(Protocol::Protobuf),
-            "http/json" => Some(Protocol::Json),
-            _ => None,
-        }
-    }
-
     pub fn content_type(self) -> &'static str {
         match self {
             Protocol::Protobuf => "application/x-protobuf",
@@ -363,10 +354,7 @@ mod tests {
     }
 
     #[test]
-    fn protocols_by_their_opentelemetry_names() {
-        assert_eq!(Protocol::parse("http/protobuf"), Some(Protocol::Protobuf));
-        assert_eq!(Protocol::parse("http/json"), Some(Protocol::Json));
-        assert_eq!(Protocol::parse("grpc"), None);
+    fn protobuf_is_the_default() {
         assert_eq!(Protocol::default().content_type(), "application/x-protobuf");
     }
 }

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 
 use super::{describe, SpanSink, SCOPE_NAME};
+use crate::json;
 use crate::trace::context::hex_into;
 use crate::trace::span::SpanRecord;
 
@@ -27,9 +28,9 @@ impl Encoder {
             sink.string_value(&[value]);
         }
         prefix.extend_from_slice(b"]},\"scopeSpans\":[{\"scope\":{\"name\":");
-        json_str(&mut prefix, &[SCOPE_NAME]);
+        json::string(&mut prefix, &[SCOPE_NAME]);
         prefix.extend_from_slice(b",\"version\":");
-        json_str(&mut prefix, &[env!("CARGO_PKG_VERSION")]);
+        json::string(&mut prefix, &[env!("CARGO_PKG_VERSION")]);
         prefix.extend_from_slice(b"},\"spans\":[");
         Encoder { prefix }
     }
@@ -61,13 +62,13 @@ impl Json<'_> {
         }
         self.first = false;
         self.out.extend_from_slice(b"{\"key\":");
-        json_str(self.out, &[key]);
+        json::string(self.out, &[key]);
         self.out.extend_from_slice(b",\"value\":{");
     }
 
     fn string_value(&mut self, parts: &[&str]) {
         self.out.extend_from_slice(b"\"stringValue\":");
-        json_str(self.out, parts);
+        json::string(self.out, parts);
         self.out.extend_from_slice(b"}}");
     }
 }
@@ -90,13 +91,13 @@ impl SpanSink for Json<'_> {
             out.push(b'"');
         }
         out.extend_from_slice(b",\"name\":");
-        json_str(out, name);
+        json::string(out, name);
         out.extend_from_slice(b",\"kind\":");
-        decimal(out, u64::from(span.kind.otlp()));
+        json::unsigned(out, u64::from(span.kind.otlp()));
         out.extend_from_slice(b",\"startTimeUnixNano\":\"");
-        decimal(out, span.start_unix_nanos);
+        json::unsigned(out, span.start_unix_nanos);
         out.extend_from_slice(b"\",\"endTimeUnixNano\":\"");
-        decimal(out, span.end_unix_nanos);
+        json::unsigned(out, span.end_unix_nanos);
         out.extend_from_slice(b"\",\"attributes\":[");
     }
 
@@ -108,7 +109,7 @@ impl SpanSink for Json<'_> {
     fn int(&mut self, key: &'static str, value: u64) {
         self.key(key);
         self.out.extend_from_slice(b"\"intValue\":\"");
-        decimal(self.out, value);
+        json::unsigned(self.out, value);
         self.out.extend_from_slice(b"\"}}");
     }
 
@@ -130,14 +131,6 @@ pub(super) fn rejected_spans(body: &[u8]) -> u64 {
         serde_json::Value::Number(n) => n.as_u64().unwrap_or(0),
         _ => 0,
     }
-}
-
-fn decimal(out: &mut Vec<u8>, value: u64) {
-    crate::json::unsigned(out, value);
-}
-
-fn json_str(out: &mut Vec<u8>, parts: &[&str]) {
-    crate::json::string(out, parts);
 }
 
 #[cfg(test)]
