@@ -65,25 +65,13 @@ start_nginx_proxy() {
         nginx_common nginx
         echo "http {"
         nginx_http_common nginx
+        nginx_upstream backend "${PORT[direct]}"
+        nginx_upstream grpc_backend "${PORT[direct-grpc]}"
         cat <<EOF
-    upstream backend {
-        server 127.0.0.1:${PORT[direct]};
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
-    upstream grpc_backend {
-        server 127.0.0.1:${PORT[direct-grpc]};
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
     # "http2" on a listener without ssl: HTTP/2 with prior knowledge (h2c).
     server {
         listen 127.0.0.1:${PORT[nginx]} http2 backlog=4096;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
+$(nginx_proxy_location)
     }
     server {
         listen 127.0.0.1:${PORT[nginx-grpc]} http2 backlog=4096;
@@ -102,14 +90,7 @@ global
     nbthread 1
     maxconn 4096
 
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 5s
-    timeout client 300s
-    timeout server 30s
-    timeout http-keep-alive 300s
+$(haproxy_defaults)
 
 frontend fe
     bind 127.0.0.1:${PORT[haproxy]} proto h2
@@ -132,7 +113,7 @@ EOF
 # One gateway serves both: h2c is told apart by its preface on the ordinary listener.
 start_gateway() {
     local admin_port="$1"
-    cat >"$WORK/gateway.toml" <<EOF
+    start_gateway_config <<EOF
 $(gateway_listen_sections "${PORT[gateway]}" "$admin_port")
 
 [telemetry]
@@ -154,9 +135,7 @@ name = "all"
 path_prefix = "/"
 service = "backend"
 EOF
-    "$GATEWAY" check --config "$WORK/gateway.toml" >&2 || die "the generated gateway.toml does not validate"
-    start_pinned "$PROXY_CORE" gateway "$GATEWAY" run --config "$WORK/gateway.toml"
-    PID[gateway]=$LAST_PID PID[gateway-grpc]=$LAST_PID
+    PID[gateway-grpc]=${PID[gateway]}
     PORT[gateway-grpc]=${PORT[gateway]}
 }
 

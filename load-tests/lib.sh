@@ -203,6 +203,45 @@ start_nginx() {
 }
 
 
+# nginx_upstream NAME PORT: an upstream block keeping connections to 127.0.0.1:PORT alive.
+nginx_upstream() {
+    cat <<EOF
+    upstream $1 {
+        server 127.0.0.1:$2;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+EOF
+}
+
+# The location every measured nginx proxies HTTP with: all to upstream "backend", keep-alive.
+nginx_proxy_location() {
+    cat <<'EOF'
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+EOF
+}
+
+# haproxy_defaults [LINE...]: the defaults section every measured HAProxy shares, plus LINEs.
+haproxy_defaults() {
+    printf '%s\n' "defaults" "    mode http" "    option http-keep-alive" "    http-reuse always"
+    [[ $# -eq 0 ]] || printf '    %s\n' "$@"
+    printf '%s\n' "    timeout connect 5s" "    timeout client 300s" "    timeout server 30s" \
+        "    timeout http-keep-alive 300s"
+}
+
+# start_gateway_config: write stdin to $WORK/gateway.toml, validate it, and start the gateway
+# with it on the proxy core (PID[gateway]).
+start_gateway_config() {
+    cat >"$WORK/gateway.toml"
+    "$GATEWAY" check --config "$WORK/gateway.toml" >&2 || die "the generated gateway.toml does not validate"
+    start_pinned "$PROXY_CORE" gateway "$GATEWAY" run --config "$WORK/gateway.toml"
+    PID[gateway]=$LAST_PID
+}
+
 # gateway_listen_sections PORT ADMIN_PORT: the [server] and [admin] sections every measured
 # gateway shares: one worker, long keep-alive, and no connection caps (one client address
 # holds every connection here, 10,000 idle ones included).

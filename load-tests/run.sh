@@ -33,22 +33,12 @@ start_nginx_proxy() {
         nginx_common nginx
         echo "http {"
         nginx_http_common nginx
-        cat <<EOF
-    upstream backend {
-        server 127.0.0.1:${PORT[direct]};
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
-    server {
-        listen 127.0.0.1:${PORT[nginx]} backlog=4096;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
+        nginx_upstream backend "${PORT[direct]}"
+        echo "    server {"
+        echo "        listen 127.0.0.1:${PORT[nginx]} backlog=4096;"
+        nginx_proxy_location
+        echo "    }"
+        echo "}"
     } >"$WORK/nginx.conf"
     start_nginx nginx "$PROXY_CORE"
     PID[nginx]=$LAST_PID
@@ -65,15 +55,7 @@ global
     maxconn $(( IDLE_CONNS + 512 ))
     no strict-limits
 
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    maxconn $(( IDLE_CONNS + 512 ))
-    timeout connect 5s
-    timeout client 300s
-    timeout server 30s
-    timeout http-keep-alive 300s
+$(haproxy_defaults "maxconn $(( IDLE_CONNS + 512 ))")
 
 frontend fe
     bind 127.0.0.1:${PORT[haproxy]}
@@ -89,7 +71,7 @@ EOF
 
 start_gateway() {
     local admin_port="$1"
-    cat >"$WORK/gateway.toml" <<EOF
+    start_gateway_config <<EOF
 $(gateway_listen_sections "${PORT[gateway]}" "$admin_port")
 
 [telemetry]
@@ -103,9 +85,6 @@ name = "all"
 path_prefix = "/"
 service = "backend"
 EOF
-    "$GATEWAY" check --config "$WORK/gateway.toml" >&2 || die "the generated gateway.toml does not validate"
-    start_pinned "$PROXY_CORE" gateway "$GATEWAY" run --config "$WORK/gateway.toml"
-    PID[gateway]=$LAST_PID
 }
 
 # Memory per idle connection, one proxy at a time; the driver shares core 1 with the backend.
