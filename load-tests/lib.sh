@@ -233,6 +233,20 @@ haproxy_defaults() {
         "    timeout http-keep-alive 300s"
 }
 
+# gateway_base_sections ADMIN_PORT: gateway_listen_sections on PORT[gateway], telemetry off,
+# and the service "backend" at PORT[direct]: what run.sh's and h2.sh's gateways share.
+gateway_base_sections() {
+    cat <<EOF
+$(gateway_listen_sections "${PORT[gateway]}" "$1")
+
+[telemetry]
+access_log = false
+
+[services.backend]
+endpoints = ["http://127.0.0.1:${PORT[direct]}"]
+EOF
+}
+
 # start_gateway_config: write stdin to $WORK/gateway.toml, validate it, and start the gateway
 # with it on the proxy core (PID[gateway]).
 start_gateway_config() {

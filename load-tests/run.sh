@@ -72,13 +72,7 @@ EOF
 start_gateway() {
     local admin_port="$1"
     start_gateway_config <<EOF
-$(gateway_listen_sections "${PORT[gateway]}" "$admin_port")
-
-[telemetry]
-access_log = false
-
-[services.backend]
-endpoints = ["http://127.0.0.1:${PORT[direct]}"]
+$(gateway_base_sections "$admin_port")
 
 [[routes]]
 name = "all"
