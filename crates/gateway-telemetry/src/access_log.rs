@@ -12,8 +12,10 @@ use crate::json;
 pub struct AccessLine<'a> {
     /// RFC 3339 UTC with milliseconds.
     pub ts: &'a str,
+    /// Needs no JSON escaping (`RequestId` keeps only `[A-Za-z0-9._:-]`).
     pub request_id: &'a str,
     pub route: Option<&'a str>,
+    /// An HTTP method: token characters, which need no JSON escaping.
     pub method: &'a str,
     /// The path as the client sent it (normalised), without the query.
     pub path: &'a str,
@@ -50,13 +52,14 @@ impl AccessLine<'_> {
     /// Append the line as a JSON object (without the newline) to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"ts\":");
-        json::string(out, &[self.ts]);
+        // The timestamp, the request id and the method need no escaping (see their fields).
+        json::safe_string(out, self.ts);
         out.extend_from_slice(b",\"request_id\":");
-        json::string(out, &[self.request_id]);
+        json::safe_string(out, self.request_id);
         out.extend_from_slice(b",\"route\":");
         optional_string(out, self.route);
         out.extend_from_slice(b",\"method\":");
-        json::string(out, &[self.method]);
+        json::safe_string(out, self.method);
         out.extend_from_slice(b",\"path\":");
         json::string(out, &[self.path]);
         out.extend_from_slice(b",\"status\":");
@@ -107,7 +110,7 @@ mod tests {
     fn every_field_is_there_and_escaped() {
         let line = AccessLine {
             ts: "2026-11-30T10:00:00.000Z",
-            request_id: "id\"1",
+            request_id: "id-1",
             route: None,
             method: "PURGE",
             path: "/a\\b\u{1}/ü",
@@ -119,7 +122,7 @@ mod tests {
             trace_id: Some([0xab; 16]),
         };
         let doc: serde_json::Value = serde_json::from_slice(&line.to_json()).expect("JSON");
-        assert_eq!(doc["request_id"], "id\"1");
+        assert_eq!(doc["request_id"], "id-1");
         assert_eq!(doc["route"], serde_json::Value::Null);
         assert_eq!(doc["method"], "PURGE");
         assert_eq!(doc["path"], "/a\\b\u{1}/ü");

@@ -55,7 +55,8 @@ pub async fn handle(
     let grpc_web = GrpcWeb::of(req.headers());
     let method = req.method().clone();
     let origin = req.headers().get(http::header::ORIGIN).cloned();
-    let path_for_log = runtime.config.telemetry.access_log.then(|| req.uri().path().to_owned());
+    // The URI's parts share the request's buffer: keeping it costs no copy.
+    let uri_for_log = runtime.config.telemetry.access_log.then(|| req.uri().clone());
 
     let mut route_idx = None;
     let mut upstream = None;
@@ -108,12 +109,12 @@ pub async fn handle(
     }
     let trace_id = span.context().trace_id;
     runtime.tracer.finish(span);
-    if let Some(path) = path_for_log {
+    if let Some(uri) = uri_for_log {
         let entry = AccessEntry {
             request_id: &request_id,
             policy,
             method: &method,
-            path: &path,
+            path: uri.path(),
             upstream: upstream.as_deref().map(EndpointState::address),
             error: error_code,
             trace_id: Some(trace_id),
@@ -369,7 +370,7 @@ async fn proxy(
             let lookup_request = CacheRequest {
                 method: &method,
                 host: host.unwrap_or(""),
-                path: &path,
+                path: uri.path(),
                 query: uri.query(),
                 headers: &parts.headers,
                 credentialed: principal.is_some(),

@@ -25,9 +25,9 @@ use tokio::sync::Notify;
 use super::context::TraceContext;
 use super::id::new_trace_id;
 use super::otlp::{rejected_spans, Encoder, Protocol};
-use super::queue::SpanQueue;
+use super::queue::{Encoded, SpanQueue};
 use super::sampler::Sampler;
-use super::span::{ActiveSpan, SpanBuilder, SpanKind, SpanRecord};
+use super::span::{ActiveSpan, SpanBuilder, SpanKind};
 
 /// Finished spans waiting for export, at most.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 8192;
@@ -200,10 +200,11 @@ impl TracerBuilder {
         let queue = Arc::new(SpanQueue::new(self.queue_capacity));
         *counters.inner.queue.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&queue);
         let wake = Arc::new(Notify::new());
+        let encoder = Arc::new(Encoder::new(self.protocol, &self.service_name));
         let task = Task {
             client,
             uri,
-            encoder: Encoder::new(self.protocol, &self.service_name),
+            encoder: encoder.clone(),
             timeout: self.export_timeout,
             counters: counters.clone(),
             failing: false,
@@ -222,6 +223,7 @@ impl TracerBuilder {
             protocol: self.protocol,
             export: Some(Export {
                 queue,
+                encoder,
                 batch_size,
                 wake: WakeOnDrop(wake),
                 #[cfg(test)]
@@ -273,6 +275,8 @@ pub struct Tracer {
 /// the task (field order), so the task sends what is left and stops.
 struct Export {
     queue: Arc<SpanQueue>,
+    /// Finished spans are encoded by the thread that finishes them.
+    encoder: Arc<Encoder>,
     batch_size: usize,
     wake: WakeOnDrop,
     /// Tests check that the task stops; otherwise it is detached (it stops on its own once
@@ -435,16 +439,14 @@ impl Tracer {
     /// End `span` now and queue it for export. Never blocks: when the queue is full the
     /// span is dropped and counted. Does nothing for a span that is not recording.
     pub fn finish(&self, span: ActiveSpan) {
-        if !span.recording {
-            return;
-        }
         let Some(export) = &self.export else { return };
+        let Some(record) = span.record() else { return };
         let Some(queued) = export.queue.reserve() else {
-            // Full: the span is dropped before its record is built.
+            // Full: the span is dropped before it is encoded.
             self.counters.inner.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        export.queue.push(span.into_record());
+        export.queue.push(|out| export.encoder.append_span(&record, out));
         // Wake the exporter once per full batch; the timer covers the rest.
         if queued % export.batch_size == 0 {
             export.wake.0.notify_one();
@@ -504,7 +506,7 @@ impl HttpClient {
 struct Task {
     client: HttpClient,
     uri: Uri,
-    encoder: Encoder,
+    encoder: Arc<Encoder>,
     timeout: Duration,
     counters: TraceCounters,
     /// The last export failed (a success after failures is logged once).
@@ -519,7 +521,7 @@ impl Task {
     async fn run(mut self, queue: Arc<SpanQueue>, wake: Arc<Notify>, batch_size: usize, flush_interval: Duration) {
         let mut tick = tokio::time::interval(flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut taken = Vec::new();
+        let mut taken = Encoded::default();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -528,10 +530,12 @@ impl Task {
             // Read before taking: once closed, nothing more can be finished (`finish` needs
             // the tracer), so what is taken after this is everything.
             let closed = queue.is_closed();
-            queue.take_into(&mut taken);
-            for batch in taken.chunks(batch_size) {
-                self.export(batch).await;
-                queue.release(batch.len());
+            for index in 0..queue.buffers() {
+                queue.swap_out(index, &mut taken);
+                for (spans, count) in taken.batches(batch_size) {
+                    self.export(spans, count).await;
+                    queue.release(count);
+                }
             }
             taken.clear();
             self.log_drops();
@@ -542,9 +546,10 @@ impl Task {
         }
     }
 
-    async fn export(&mut self, batch: &[SpanRecord]) {
-        let spans = batch.len() as u64;
-        let body = self.encoder.encode(batch);
+    /// POST `count` spans, encoded one after another in `spans`.
+    async fn export(&mut self, spans: &[u8], count: usize) {
+        let body = self.encoder.request(spans);
+        let spans = count as u64;
         let request = Request::post(self.uri.clone())
             .header(CONTENT_TYPE, self.encoder.protocol().content_type())
             .header(USER_AGENT, concat!("gateway/", env!("CARGO_PKG_VERSION")))

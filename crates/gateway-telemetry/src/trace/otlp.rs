@@ -59,12 +59,31 @@ impl Encoder {
         }
     }
 
-    /// One `ExportTraceServiceRequest` holding `spans`.
-    pub(crate) fn encode(&self, spans: &[SpanRecord]) -> bytes::Bytes {
+    /// Append `span` to `out`, framed so that spans appended one after another make the
+    /// spans of one [`request`](Self::request).
+    pub(crate) fn append_span(&self, span: &SpanRecord<'_>, out: &mut Vec<u8>) {
         match self {
-            Encoder::Protobuf(e) => e.encode(spans),
-            Encoder::Json(e) => e.encode(spans),
+            Encoder::Protobuf(e) => e.append_span(span, out),
+            Encoder::Json(e) => e.append_span(span, out),
         }
+    }
+
+    /// One `ExportTraceServiceRequest` holding the spans appended to `spans`.
+    pub(crate) fn request(&self, spans: &[u8]) -> bytes::Bytes {
+        match self {
+            Encoder::Protobuf(e) => e.request(spans),
+            Encoder::Json(e) => e.request(spans),
+        }
+    }
+
+    /// One `ExportTraceServiceRequest` holding `spans`.
+    #[cfg(test)]
+    pub(crate) fn encode(&self, spans: &[SpanRecord<'_>]) -> bytes::Bytes {
+        let mut out = Vec::new();
+        for span in spans {
+            self.append_span(span, &mut out);
+        }
+        self.request(&out)
     }
 
     pub(crate) fn protocol(&self) -> Protocol {
@@ -93,47 +112,109 @@ pub(crate) fn rejected_spans(content_type: Option<&str>, body: &[u8]) -> u64 {
 /// then an attribute method per attribute, then [`end`](SpanSink::end).
 trait SpanSink {
     /// Ids, kind, times, and the name (the concatenation of `name`).
-    fn start(&mut self, span: &SpanRecord, name: &[&str]);
+    fn start(&mut self, span: &SpanRecord<'_>, name: &[&str]);
     /// A string attribute whose value is the concatenation of `parts`. Keys are ours:
     /// plain ASCII that needs no escaping.
     fn str(&mut self, key: &'static str, parts: &[&str]);
     fn int(&mut self, key: &'static str, value: u64);
+    /// The [`FIXED`] attribute at `index`.
+    fn fixed(&mut self, index: usize);
     /// `status.code` ERROR when `error`; an unset status is left out.
     fn end(&mut self, error: bool);
 }
 
-/// Methods the HTTP semantic conventions know; any other is reported as `_OTHER`.
-fn known_method(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET
-            | Method::HEAD
-            | Method::POST
-            | Method::PUT
-            | Method::DELETE
-            | Method::CONNECT
-            | Method::OPTIONS
-            | Method::TRACE
-            | Method::PATCH
-    )
+/// Attributes whose value is one of a few: each encoder writes them once, when it is made,
+/// and copies them into spans (a copy costs a fraction of writing one).
+const FIXED: &[(&str, &str)] = &[
+    // The methods the HTTP semantic conventions know (any other is `_OTHER`), at METHOD_AT.
+    ("http.request.method", "GET"),
+    ("http.request.method", "HEAD"),
+    ("http.request.method", "POST"),
+    ("http.request.method", "PUT"),
+    ("http.request.method", "DELETE"),
+    ("http.request.method", "CONNECT"),
+    ("http.request.method", "OPTIONS"),
+    ("http.request.method", "TRACE"),
+    ("http.request.method", "PATCH"),
+    ("http.request.method", "_OTHER"),
+    // At SCHEME_AT.
+    ("url.scheme", "http"),
+    ("url.scheme", "https"),
+    // At VERSION_AT.
+    ("network.protocol.version", "0.9"),
+    ("network.protocol.version", "1.0"),
+    ("network.protocol.version", "1.1"),
+    ("network.protocol.version", "2"),
+    ("network.protocol.version", "3"),
+];
+const METHOD_AT: usize = 0;
+const OTHER_METHOD: usize = 9;
+const SCHEME_AT: usize = 10;
+const VERSION_AT: usize = 12;
+
+/// Every [`FIXED`] attribute as `encode` writes it, in order.
+fn encode_fixed(mut encode: impl FnMut(&mut Vec<u8>, &'static str, &'static str)) -> Box<[Box<[u8]>]> {
+    FIXED
+        .iter()
+        .map(|(key, value)| {
+            let mut out = Vec::new();
+            encode(&mut out, key, value);
+            out.into_boxed_slice()
+        })
+        .collect()
+}
+
+/// The [`FIXED`] index of a method the HTTP semantic conventions know.
+fn method_index(method: &Method) -> Option<usize> {
+    let i = match *method {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::CONNECT => 5,
+        Method::OPTIONS => 6,
+        Method::TRACE => 7,
+        Method::PATCH => 8,
+        _ => return None,
+    };
+    Some(METHOD_AT + i)
+}
+
+/// The [`FIXED`] index of a `network.protocol.version`.
+fn version_index(version: Version) -> Option<usize> {
+    let i = match version {
+        Version::HTTP_09 => 0,
+        Version::HTTP_10 => 1,
+        Version::HTTP_11 => 2,
+        Version::HTTP_2 => 3,
+        Version::HTTP_3 => 4,
+        _ => return None,
+    };
+    Some(VERSION_AT + i)
 }
 
 /// Write `span` into `sink`: the span name and attributes of the HTTP semantic conventions.
-fn describe(span: &SpanRecord, sink: &mut impl SpanSink) {
-    let a = &span.attributes;
+fn describe(span: &SpanRecord<'_>, sink: &mut impl SpanSink) {
+    let a = span.attributes;
     // Span names per the conventions: `{method} {http.route}` (server), `{method}` (client).
-    let method = a.method.as_ref().filter(|m| known_method(m)).map_or("HTTP", Method::as_str);
+    let known = a.method.as_ref().and_then(method_index);
+    let method = match (known, &a.method) {
+        (Some(_), Some(m)) => m.as_str(),
+        _ => "HTTP",
+    };
     match (&a.route, span.kind) {
         (Some(route), SpanKind::Server) => sink.start(span, &[method, " ", route]),
         _ => sink.start(span, &[method]),
     }
 
     if let Some(m) = &a.method {
-        if known_method(m) {
-            sink.str("http.request.method", &[m.as_str()]);
-        } else {
-            sink.str("http.request.method", &["_OTHER"]);
-            sink.str("http.request.method_original", &[m.as_str()]);
+        match known {
+            Some(index) => sink.fixed(index),
+            None => {
+                sink.fixed(OTHER_METHOD);
+                sink.str("http.request.method_original", &[m.as_str()]);
+            }
         }
     }
     let mut ip = IpText::default();
@@ -143,14 +224,14 @@ fn describe(span: &SpanRecord, sink: &mut impl SpanSink) {
                 sink.str("url.path", &[path.path()]);
             }
             if let Some(tls) = a.tls {
-                sink.str("url.scheme", &[if tls { "https" } else { "http" }]);
+                sink.fixed(SCHEME_AT + usize::from(tls));
             }
             if let Some(route) = &a.route {
                 sink.str("http.route", &[route]);
             }
             if let Some(host) = &a.host {
                 let host = match host {
-                    Host::Header(value) => String::from_utf8_lossy(value.as_bytes()),
+                    Host::Header(value) => text(value.as_bytes()),
                     Host::Authority(authority) => Cow::Borrowed(authority.as_str()),
                 };
                 let (address, port) = split_host_port(&host);
@@ -165,7 +246,7 @@ fn describe(span: &SpanRecord, sink: &mut impl SpanSink) {
                 sink.str("client.address", &[ip.format(client)]);
             }
             if let Some(ua) = &a.user_agent {
-                sink.str("user_agent.original", &[&String::from_utf8_lossy(ua.as_bytes())]);
+                sink.str("user_agent.original", &[&text(ua.as_bytes())]);
             }
         }
         SpanKind::Client => {
@@ -177,7 +258,7 @@ fn describe(span: &SpanRecord, sink: &mut impl SpanSink) {
                 let scheme = if a.upstream_https { "https" } else { "http" };
                 let path = a.path.as_ref().map_or("/", |p| p.path());
                 sink.str("url.full", &[scheme, "://", authority.as_str(), path]);
-                if a.peer.is_none() && address.parse::<IpAddr>().is_ok() {
+                if a.peer.is_none() && is_ip_literal(authority.as_str(), address) {
                     sink.str("network.peer.address", &[address]);
                     sink.int("network.peer.port", u64::from(port));
                 }
@@ -194,8 +275,8 @@ fn describe(span: &SpanRecord, sink: &mut impl SpanSink) {
             }
         }
     }
-    if let Some(version) = a.version.and_then(protocol_version) {
-        sink.str("network.protocol.version", &[version]);
+    if let Some(index) = a.version.and_then(version_index) {
+        sink.fixed(index);
     }
     if a.status != 0 {
         sink.int("http.response.status_code", u64::from(a.status));
@@ -213,28 +294,48 @@ fn describe(span: &SpanRecord, sink: &mut impl SpanSink) {
     sink.end(error);
 }
 
-fn protocol_version(version: Version) -> Option<&'static str> {
-    match version {
-        Version::HTTP_09 => Some("0.9"),
-        Version::HTTP_10 => Some("1.0"),
-        Version::HTTP_11 => Some("1.1"),
-        Version::HTTP_2 => Some("2"),
-        Version::HTTP_3 => Some("3"),
-        _ => None,
-    }
-}
-
 /// `host[:port]` or `[v6][:port]` into the bare host and the port, if any.
 fn split_host_port(s: &str) -> (&str, Option<u16>) {
     if let Some(rest) = s.strip_prefix('[') {
         return match rest.split_once(']') {
-            Some((address, tail)) => (address, tail.strip_prefix(':').and_then(|p| p.parse().ok())),
+            Some((address, tail)) => (address, tail.strip_prefix(':').and_then(parse_port)),
             None => (s, None),
         };
     }
-    match s.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => (host, port.parse().ok()),
+    match s.as_bytes().iter().rposition(|&b| b == b':') {
+        // An IPv6 address without brackets has no port.
+        Some(i) if !s.as_bytes()[..i].contains(&b':') => (&s[..i], parse_port(&s[i + 1..])),
         _ => (s, None),
+    }
+}
+
+/// A port: 1 to 5 decimal digits, at most 65535.
+fn parse_port(digits: &str) -> Option<u16> {
+    if digits.is_empty() || digits.len() > 5 {
+        return None;
+    }
+    let mut port = 0u32;
+    for &b in digits.as_bytes() {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        port = port * 10 + u32::from(b - b'0');
+    }
+    u16::try_from(port).ok()
+}
+
+/// Whether the host of an upstream authority (`host`, split from `authority`) is an IP
+/// address rather than a name: bracketed (IPv6), or only digits and dots (no DNS name is
+/// all-numeric: top-level domains are not). The registry validated it when it was added.
+fn is_ip_literal(authority: &str, host: &str) -> bool {
+    authority.starts_with('[') || (!host.is_empty() && host.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+}
+
+/// Header bytes as text: as they are when UTF-8 (nearly always), else with replacements.
+fn text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
     }
 }
 
@@ -290,6 +391,42 @@ mod tests {
         assert_eq!(split_host_port("[::1]:443"), ("::1", Some(443)));
         assert_eq!(split_host_port("[::1]"), ("::1", None));
         assert_eq!(split_host_port("::1"), ("::1", None));
+        assert_eq!(split_host_port("example.com:99999"), ("example.com", None));
+        assert_eq!(split_host_port("example.com:+80"), ("example.com", None));
+        assert_eq!(split_host_port("example.com:"), ("example.com", None));
+        assert_eq!(split_host_port("a:65535"), ("a", Some(65535)));
+        assert_eq!(split_host_port("a:0"), ("a", Some(0)));
+    }
+
+    #[test]
+    fn tells_ip_literals_from_names() {
+        for (authority, ip) in
+            [("10.0.0.1:80", true), ("[::1]:80", true), ("users.internal:80", false), ("x1:80", false)]
+        {
+            let (host, _) = split_host_port(authority);
+            assert_eq!(is_ip_literal(authority, host), ip, "{authority}");
+        }
+    }
+
+    #[test]
+    fn fixed_attributes_are_found_where_they_are_looked_up() {
+        for m in ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"] {
+            let index = method_index(&Method::from_bytes(m.as_bytes()).expect("method")).expect("known");
+            assert_eq!(FIXED[index], ("http.request.method", m));
+        }
+        assert_eq!(method_index(&Method::from_bytes(b"PURGE").expect("method")), None);
+        assert_eq!(FIXED[OTHER_METHOD], ("http.request.method", "_OTHER"));
+        assert_eq!((FIXED[SCHEME_AT], FIXED[SCHEME_AT + 1]), (("url.scheme", "http"), ("url.scheme", "https")));
+        let versions = [
+            (Version::HTTP_09, "0.9"),
+            (Version::HTTP_10, "1.0"),
+            (Version::HTTP_11, "1.1"),
+            (Version::HTTP_2, "2"),
+            (Version::HTTP_3, "3"),
+        ];
+        for (version, text) in versions {
+            assert_eq!(FIXED[version_index(version).expect("known")], ("network.protocol.version", text));
+        }
     }
 
     #[test]
@@ -332,16 +469,18 @@ mod tests {
             version: Some(Version::HTTP_11),
             ..Attributes::default()
         };
-        let record = |kind, parent_id, attributes| SpanRecord {
-            trace_id: [7; 16],
-            span_id: [9; 8],
-            parent_id,
-            kind,
-            start_unix_nanos: u64::MAX - 5,
-            end_unix_nanos: u64::MAX,
-            attributes,
-        };
-        let spans = [record(SpanKind::Server, [0; 8], server), record(SpanKind::Client, [9; 8], client)];
+        fn record(kind: SpanKind, parent_id: [u8; 8], attributes: &Attributes) -> SpanRecord<'_> {
+            SpanRecord {
+                trace_id: [7; 16],
+                span_id: [9; 8],
+                parent_id,
+                kind,
+                start_unix_nanos: u64::MAX - 5,
+                end_unix_nanos: u64::MAX,
+                attributes,
+            }
+        }
+        let spans = [record(SpanKind::Server, [0; 8], &server), record(SpanKind::Client, [9; 8], &client)];
         let json = Encoder::new(Protocol::Json, "gw").encode(&spans);
         let json: serde_json::Value = serde_json::from_slice(&json).expect("JSON");
         let proto = Encoder::new(Protocol::Protobuf, "gw").encode(&spans);

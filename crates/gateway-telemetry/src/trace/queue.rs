@@ -1,19 +1,50 @@
 //! The queue of finished spans between the request path and the exporter task.
 //!
-//! A span is finished on whatever thread served its request. A channel send per span costs
-//! atomics on a shared tail, block management and a waker check on every request; here
-//! finishing a span takes an uncontended lock on one of a few buffers (picked by thread) and
-//! a push. The exporter takes every buffer's contents when it wakes. The queue is bounded in
+//! A span is finished on whatever thread served its request, and is encoded there, straight
+//! into one of a few byte buffers (picked by thread, so the lock is uncontended): no record
+//! is moved between threads, and what the span holds (shared names, request buffers) is let
+//! go on the thread that took it. The exporter swaps the buffers out when it wakes and sends
+//! their bytes as they are, inside one request envelope per batch. The queue is bounded in
 //! spans, counting those the exporter has taken and not yet sent: a collector that is slow or
 //! down never makes the gateway hold more than `capacity` spans.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::span::SpanRecord;
+/// A buffer that grew past this in a burst is given back to the allocator once sent.
+const KEEP_CAPACITY: usize = 1024 * 1024;
+
+/// Encoded spans, one after another, and where each ends.
+#[derive(Default)]
+pub(crate) struct Encoded {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Encoded {
+    /// The bytes of up to `size` spans at a time, with how many spans each run holds.
+    pub(crate) fn batches(&self, size: usize) -> impl Iterator<Item = (&[u8], usize)> + '_ {
+        let size = size.max(1);
+        self.ends.chunks(size).scan(0, move |start, ends| {
+            let end = *ends.last()?;
+            let run = &self.bytes[*start..end];
+            *start = end;
+            Some((run, ends.len()))
+        })
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+        if self.bytes.capacity() > KEEP_CAPACITY {
+            self.bytes.shrink_to(KEEP_CAPACITY);
+            self.ends.shrink_to(KEEP_CAPACITY / 256);
+        }
+    }
+}
 
 pub(crate) struct SpanQueue {
-    shards: Box<[Mutex<Vec<SpanRecord>>]>,
+    shards: Box<[Mutex<Encoded>]>,
     /// Spans pushed and not yet released by the exporter; at most `capacity`.
     len: AtomicUsize,
     capacity: usize,
@@ -34,7 +65,7 @@ fn shard_of_this_thread() -> usize {
 impl SpanQueue {
     pub(crate) fn new(capacity: usize) -> SpanQueue {
         let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
-        let shards = (0..threads.clamp(4, 64)).map(|_| Mutex::new(Vec::new())).collect();
+        let shards = (0..threads.clamp(4, 64)).map(|_| Mutex::new(Encoded::default())).collect();
         SpanQueue { shards, len: AtomicUsize::new(0), capacity, closed: AtomicBool::new(false) }
     }
 
@@ -48,17 +79,25 @@ impl SpanQueue {
         Some(before + 1)
     }
 
-    /// Queue a span whose place [`reserve`](Self::reserve) took.
-    pub(crate) fn push(&self, span: SpanRecord) {
+    /// Queue a span whose place [`reserve`](Self::reserve) took: `encode` appends it.
+    pub(crate) fn push(&self, encode: impl FnOnce(&mut Vec<u8>)) {
         let shard = &self.shards[shard_of_this_thread() % self.shards.len()];
-        shard.lock().unwrap_or_else(|e| e.into_inner()).push(span);
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        encode(&mut shard.bytes);
+        let end = shard.bytes.len();
+        shard.ends.push(end);
     }
 
-    /// Move every queued span to `out`. They keep their places until [`release`](Self::release).
-    pub(crate) fn take_into(&self, out: &mut Vec<SpanRecord>) {
-        for shard in &self.shards {
-            out.append(&mut shard.lock().unwrap_or_else(|e| e.into_inner()));
-        }
+    /// How many buffers there are, for [`swap_out`](Self::swap_out).
+    pub(crate) fn buffers(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Swap buffer `index` with `spare` (cleared), so the lock is held only for the swap. The
+    /// spans taken keep their places until [`release`](Self::release).
+    pub(crate) fn swap_out(&self, index: usize, spare: &mut Encoded) {
+        spare.clear();
+        std::mem::swap(spare, &mut self.shards[index].lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     /// Give back the places of `spans` taken spans (sent, or lost).
@@ -81,5 +120,24 @@ impl SpanQueue {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_split_at_span_boundaries() {
+        let mut encoded = Encoded::default();
+        for span in [&b"aa"[..], b"b", b"ccc", b"", b"dd"] {
+            encoded.bytes.extend_from_slice(span);
+            encoded.ends.push(encoded.bytes.len());
+        }
+        let batches: Vec<_> = encoded.batches(2).collect();
+        assert_eq!(batches, [(&b"aab"[..], 2), (&b"ccc"[..], 2), (&b"dd"[..], 1)]);
+        assert_eq!(encoded.batches(10).collect::<Vec<_>>(), [(&b"aabcccdd"[..], 5)]);
+        encoded.clear();
+        assert_eq!(encoded.batches(2).count(), 0);
     }
 }

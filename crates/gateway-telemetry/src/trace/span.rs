@@ -78,9 +78,10 @@ pub(crate) enum Host {
     Authority(Authority),
 }
 
-/// A finished span, queued for export.
-#[derive(Debug, Clone)]
-pub(crate) struct SpanRecord {
+/// A finished span as the encoders read it: written into the export queue's buffer by the
+/// thread that finishes it, so nothing is copied or moved between threads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SpanRecord<'a> {
     pub(crate) trace_id: [u8; 16],
     pub(crate) span_id: [u8; 8],
     /// All zero: a root span.
@@ -88,7 +89,7 @@ pub(crate) struct SpanRecord {
     pub(crate) kind: SpanKind,
     pub(crate) start_unix_nanos: u64,
     pub(crate) end_unix_nanos: u64,
-    pub(crate) attributes: Attributes,
+    pub(crate) attributes: &'a Attributes,
 }
 
 pub(crate) fn unix_nanos() -> u64 {
@@ -360,16 +361,17 @@ impl ActiveSpan {
         }
     }
 
-    pub(crate) fn into_record(self) -> SpanRecord {
-        let end = unix_nanos().max(self.start_unix_nanos);
-        SpanRecord {
+    /// The span as finished now; `None` when it does not record.
+    pub(crate) fn record(&self) -> Option<SpanRecord<'_>> {
+        let attributes = self.attributes.as_deref()?;
+        Some(SpanRecord {
             trace_id: self.context.trace_id,
             span_id: self.context.span_id,
             parent_id: self.parent_id,
             kind: self.kind,
             start_unix_nanos: self.start_unix_nanos,
-            end_unix_nanos: end,
-            attributes: self.attributes.map(|a| *a).unwrap_or_default(),
-        }
+            end_unix_nanos: unix_nanos().max(self.start_unix_nanos),
+            attributes,
+        })
     }
 }

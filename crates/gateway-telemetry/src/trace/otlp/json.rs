@@ -4,25 +4,27 @@
 
 use bytes::Bytes;
 
-use super::{describe, SpanSink, SCOPE_NAME};
+use super::{describe, encode_fixed, SpanSink, SCOPE_NAME};
 use crate::json;
 use crate::trace::context::hex_into;
 use crate::trace::span::SpanRecord;
 
-/// Bytes a span takes, about: the buffer is sized once per batch.
+/// Bytes a span takes, about.
 const SPAN_BYTES: usize = 1024;
 const SUFFIX: &[u8] = b"]}]}]}";
 
 pub(crate) struct Encoder {
     /// Everything before the first span: the resource and the scope.
     prefix: Vec<u8>,
+    /// The `FIXED` attributes, as attribute objects.
+    fixed: Box<[Box<[u8]>]>,
 }
 
 impl Encoder {
     pub(crate) fn new(resource: &[(&str, &str)]) -> Encoder {
         let mut prefix = Vec::with_capacity(256);
         prefix.extend_from_slice(b"{\"resourceSpans\":[{\"resource\":{\"attributes\":[");
-        let mut sink = Json { out: &mut prefix, first: true };
+        let mut sink = Json { out: &mut prefix, first: true, fixed: &[] };
         for (key, value) in resource {
             sink.key(key);
             sink.string_value(&[value]);
@@ -32,18 +34,26 @@ impl Encoder {
         prefix.extend_from_slice(b",\"version\":");
         json::string(&mut prefix, &[env!("CARGO_PKG_VERSION")]);
         prefix.extend_from_slice(b"},\"spans\":[");
-        Encoder { prefix }
+        let fixed = encode_fixed(|out, key, value| Json { out, first: true, fixed: &[] }.str(key, &[value]));
+        Encoder { prefix, fixed }
     }
 
-    pub(crate) fn encode(&self, spans: &[SpanRecord]) -> Bytes {
-        let mut out = Vec::with_capacity(self.prefix.len() + SUFFIX.len() + spans.len() * SPAN_BYTES);
+    /// Append `span` as one element of the `spans` array (after a comma), ready for
+    /// [`request`](Self::request).
+    pub(crate) fn append_span(&self, span: &SpanRecord<'_>, out: &mut Vec<u8>) {
+        out.reserve(SPAN_BYTES);
+        out.push(b',');
+        describe(span, &mut Json { out, first: true, fixed: &self.fixed });
+    }
+
+    /// One `ExportTraceServiceRequest` holding the spans [`append_span`](Self::append_span)
+    /// wrote one after another into `spans`.
+    pub(crate) fn request(&self, spans: &[u8]) -> Bytes {
+        // Every span comes after a comma: the first one's goes.
+        let spans = spans.strip_prefix(b",").unwrap_or(spans);
+        let mut out = Vec::with_capacity(self.prefix.len() + spans.len() + SUFFIX.len());
         out.extend_from_slice(&self.prefix);
-        for (i, span) in spans.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            describe(span, &mut Json { out: &mut out, first: true });
-        }
+        out.extend_from_slice(spans);
         out.extend_from_slice(SUFFIX);
         Bytes::from(out)
     }
@@ -53,14 +63,19 @@ impl Encoder {
 struct Json<'a> {
     out: &'a mut Vec<u8>,
     first: bool,
+    fixed: &'a [Box<[u8]>],
 }
 
 impl Json<'_> {
-    fn key(&mut self, key: &str) {
+    fn comma(&mut self) {
         if !self.first {
             self.out.push(b',');
         }
         self.first = false;
+    }
+
+    fn key(&mut self, key: &str) {
+        self.comma();
         self.out.extend_from_slice(b"{\"key\":");
         json::string(self.out, &[key]);
         self.out.extend_from_slice(b",\"value\":{");
@@ -74,7 +89,7 @@ impl Json<'_> {
 }
 
 impl SpanSink for Json<'_> {
-    fn start(&mut self, span: &SpanRecord, name: &[&str]) {
+    fn start(&mut self, span: &SpanRecord<'_>, name: &[&str]) {
         let out = &mut *self.out;
         let mut hex = [0u8; 32];
         out.extend_from_slice(b"{\"traceId\":\"");
@@ -113,6 +128,11 @@ impl SpanSink for Json<'_> {
         self.out.extend_from_slice(b"\"}}");
     }
 
+    fn fixed(&mut self, index: usize) {
+        self.comma();
+        self.out.extend_from_slice(&self.fixed[index]);
+    }
+
     fn end(&mut self, error: bool) {
         self.out.push(b']');
         if error {
@@ -142,7 +162,7 @@ mod tests {
     use super::*;
     use crate::trace::span::{Attributes, Host, SpanKind};
 
-    pub(crate) fn record(kind: SpanKind, attributes: Attributes) -> SpanRecord {
+    pub(crate) fn record(kind: SpanKind, attributes: &Attributes) -> SpanRecord<'_> {
         SpanRecord {
             trace_id: [0xab; 16],
             span_id: [0x01; 8],
@@ -154,8 +174,13 @@ mod tests {
         }
     }
 
-    fn encode(spans: &[SpanRecord]) -> serde_json::Value {
-        let out = Encoder::new(&[("service.name", "gw \"quoted\"\n")]).encode(spans);
+    fn encode(spans: &[SpanRecord<'_>]) -> serde_json::Value {
+        let encoder = Encoder::new(&[("service.name", "gw \"quoted\"\n")]);
+        let mut appended = Vec::new();
+        for span in spans {
+            encoder.append_span(span, &mut appended);
+        }
+        let out = encoder.request(&appended);
         serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
     }
 
@@ -183,9 +208,9 @@ mod tests {
             resend_count: 1,
             ..Attributes::default()
         };
-        let mut child = record(SpanKind::Client, client);
+        let mut child = record(SpanKind::Client, &client);
         child.parent_id = [0x02; 8];
-        let doc = encode(&[record(SpanKind::Server, server), child]);
+        let doc = encode(&[record(SpanKind::Server, &server), child]);
         let rs = &doc["resourceSpans"][0];
         assert_eq!(rs["resource"]["attributes"][0]["value"]["stringValue"], "gw \"quoted\"\n");
         let spans = rs["scopeSpans"][0]["spans"].as_array().expect("spans");
@@ -221,7 +246,7 @@ mod tests {
     fn server_4xx_is_not_an_error_but_client_4xx_is() {
         let server = Attributes { status: 404, error_type: Some("route_not_found"), ..Attributes::default() };
         let client = Attributes { status: 404, ..Attributes::default() };
-        let doc = encode(&[record(SpanKind::Server, server), record(SpanKind::Client, client)]);
+        let doc = encode(&[record(SpanKind::Server, &server), record(SpanKind::Client, &client)]);
         let spans = &doc["resourceSpans"][0]["scopeSpans"][0]["spans"];
         assert!(spans[0].get("status").is_none());
         assert_eq!(attr(&spans[0], "error.type").expect("error.type")["stringValue"], "route_not_found");

@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 
-use super::{describe, SpanSink, SCOPE_NAME};
+use super::{describe, encode_fixed, SpanSink, SCOPE_NAME};
 use crate::trace::span::SpanRecord;
 
 /// Bytes a span takes, about: the buffer is sized once per batch.
@@ -28,6 +28,8 @@ pub(crate) struct Encoder {
     resource: Vec<u8>,
     /// `ScopeSpans.scope` (field 1), whole.
     scope: Vec<u8>,
+    /// The `FIXED` attributes, as `Span.attributes` fields.
+    fixed: Box<[Box<[u8]>]>,
 }
 
 impl Encoder {
@@ -47,45 +49,69 @@ impl Encoder {
         let mut scope = Vec::new();
         len_prefix(&mut scope, 1, scope_body.len());
         scope.extend_from_slice(&scope_body);
-        Encoder { resource, scope }
+        let fixed = encode_fixed(|out, key, value| string_attribute(out, 9, key, &[value]));
+        Encoder { resource, scope, fixed }
     }
 
-    pub(crate) fn encode(&self, spans: &[SpanRecord]) -> Bytes {
-        // Room for the envelope's head, whose lengths are known once the spans are written.
-        let head_room = 2 * (1 + 10) + self.resource.len() + self.scope.len();
-        let mut out = Vec::with_capacity(head_room + spans.len() * SPAN_BYTES);
-        out.resize(head_room, 0);
-        let mut span_bytes = Vec::with_capacity(SPAN_BYTES);
-        for span in spans {
-            span_bytes.clear();
-            describe(span, &mut Proto { out: &mut span_bytes });
-            // ScopeSpans { repeated Span spans = 2 }
-            len_prefix(&mut out, 2, span_bytes.len());
-            out.extend_from_slice(&span_bytes);
-        }
+    /// Append `span` as a `ScopeSpans.spans` field (field 2), ready for [`request`](Self::request).
+    pub(crate) fn append_span(&self, span: &SpanRecord<'_>, out: &mut Vec<u8>) {
+        out.reserve(SPAN_BYTES);
+        out.push(key(2, LEN));
+        // Two bytes of room for the length, which is known once the span is written.
+        let at = out.len();
+        out.extend_from_slice(&[0, 0]);
+        describe(span, &mut Proto { out: &mut *out, fixed: &self.fixed });
+        close_len_prefix(out, at);
+    }
+
+    /// One `ExportTraceServiceRequest` holding the spans [`append_span`](Self::append_span)
+    /// wrote one after another into `spans`.
+    pub(crate) fn request(&self, spans: &[u8]) -> Bytes {
         // ExportTraceServiceRequest { repeated ResourceSpans resource_spans = 1 }
         // ResourceSpans { Resource resource = 1; repeated ScopeSpans scope_spans = 2 }
         // ScopeSpans { InstrumentationScope scope = 1; repeated Span spans = 2 }
-        let scope_spans = self.scope.len() + (out.len() - head_room);
+        let scope_spans = self.scope.len() + spans.len();
         let resource_spans = self.resource.len() + 1 + varint_len(scope_spans as u64) + scope_spans;
-        let mut head = Vec::with_capacity(head_room);
-        len_prefix(&mut head, 1, resource_spans);
-        head.extend_from_slice(&self.resource);
-        len_prefix(&mut head, 2, scope_spans);
-        head.extend_from_slice(&self.scope);
-        let start = head_room - head.len();
-        out[start..head_room].copy_from_slice(&head);
-        Bytes::from(out).slice(start..)
+        let mut out = Vec::with_capacity(1 + 10 + resource_spans);
+        len_prefix(&mut out, 1, resource_spans);
+        out.extend_from_slice(&self.resource);
+        len_prefix(&mut out, 2, scope_spans);
+        out.extend_from_slice(&self.scope);
+        out.extend_from_slice(spans);
+        Bytes::from(out)
+    }
+}
+
+/// Write the length of what follows the two bytes at `at` into them, as a varint: moving
+/// what follows when the varint is one byte (a span under 128 bytes) or more than two.
+fn close_len_prefix(out: &mut Vec<u8>, at: usize) {
+    let len = out.len() - at - 2;
+    match varint_len(len as u64) {
+        1 => {
+            out.copy_within(at + 2.., at + 1);
+            out.truncate(out.len() - 1);
+            out[at] = len as u8;
+        }
+        2 => {
+            out[at] = (len as u8) | 0x80;
+            out[at + 1] = (len >> 7) as u8;
+        }
+        _ => {
+            let mut prefix = Vec::with_capacity(10);
+            varint(&mut prefix, len as u64);
+            out.splice(at..at + 2, prefix);
+        }
     }
 }
 
 /// Writes one `Span` message's fields.
 struct Proto<'a> {
     out: &'a mut Vec<u8>,
+    fixed: &'a [Box<[u8]>],
 }
 
 impl SpanSink for Proto<'_> {
-    fn start(&mut self, span: &SpanRecord, name: &[&str]) {
+    fn start(&mut self, span: &SpanRecord<'_>, name: &[&str]) {
         let out = &mut *self.out;
         // bytes trace_id = 1; bytes span_id = 2; bytes parent_span_id = 4 (empty for a root).
         len_prefix(out, 1, span.trace_id.len());
@@ -114,14 +140,26 @@ impl SpanSink for Proto<'_> {
     fn int(&mut self, name: &'static str, value: u64) {
         // KeyValue { string key = 1; AnyValue value = 2 }, AnyValue { int64 int_value = 3 }
         let any_value = 1 + varint_len(value);
-        let key_value = 1 + varint_len(name.len() as u64) + name.len() + 1 + varint_len(any_value as u64) + any_value;
-        self.out.reserve(1 + 10 + key_value);
-        len_prefix(self.out, 9, key_value);
-        len_prefix(self.out, 1, name.len());
-        self.out.extend_from_slice(name.as_bytes());
-        len_prefix(self.out, 2, any_value);
-        self.out.push(key(3, VARINT));
-        varint(self.out, value);
+        let key_value = 1 + varint_len(name.len() as u64) + name.len() + 2 + any_value;
+        let out = &mut *self.out;
+        out.reserve(2 + key_value);
+        if key_value < 0x80 {
+            // Ports and status codes: every length is one byte.
+            out.extend_from_slice(&[key(9, LEN), key_value as u8, key(1, LEN), name.len() as u8]);
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&[key(2, LEN), any_value as u8, key(3, VARINT)]);
+        } else {
+            len_prefix(out, 9, key_value);
+            len_prefix(out, 1, name.len());
+            out.extend_from_slice(name.as_bytes());
+            len_prefix(out, 2, any_value);
+            out.push(key(3, VARINT));
+        }
+        varint(out, value);
+    }
+
+    fn fixed(&mut self, index: usize) {
+        self.out.extend_from_slice(&self.fixed[index]);
     }
 
     fn end(&mut self, error: bool) {
@@ -133,20 +171,25 @@ impl SpanSink for Proto<'_> {
 }
 
 /// A `KeyValue` with a string `AnyValue` (field 1), as field `field`.
+#[inline]
 fn string_attribute(out: &mut Vec<u8>, field: u8, name: &str, parts: &[&str]) {
-    let text: usize = match parts {
-        [one] => one.len(),
-        _ => parts.iter().map(|p| p.len()).sum(),
-    };
+    let text: usize = parts.iter().map(|p| p.len()).sum();
     let any_value = 1 + varint_len(text as u64) + text;
-    let key_value = 1 + varint_len(name.len() as u64) + name.len() + 1 + varint_len(any_value as u64) + any_value;
+    let key_value = 2 + name.len() + 1 + varint_len(any_value as u64) + any_value;
     // One capacity check for the whole attribute (this runs a dozen times per span).
     out.reserve(1 + 10 + key_value);
-    len_prefix(out, field, key_value);
-    len_prefix(out, 1, name.len());
-    out.extend_from_slice(name.as_bytes());
-    len_prefix(out, 2, any_value);
-    len_prefix(out, 1, text);
+    if key_value < 0x80 {
+        // Most attributes: every length is one byte, so each head is one small copy.
+        out.extend_from_slice(&[key(field, LEN), key_value as u8, key(1, LEN), name.len() as u8]);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&[key(2, LEN), any_value as u8, key(1, LEN), text as u8]);
+    } else {
+        len_prefix(out, field, key_value);
+        len_prefix(out, 1, name.len());
+        out.extend_from_slice(name.as_bytes());
+        len_prefix(out, 2, any_value);
+        len_prefix(out, 1, text);
+    }
     for part in parts {
         out.extend_from_slice(part.as_bytes());
     }
@@ -279,6 +322,20 @@ mod tests {
         let mut out = Vec::new();
         varint(&mut out, 300);
         assert_eq!(out, [0xac, 0x02]);
+    }
+
+    #[test]
+    fn a_length_prefix_closes_around_what_follows_it() {
+        for len in [0usize, 5, 127, 128, 300, 16_383, 16_384, 70_000] {
+            let mut out = vec![7u8, 0, 0];
+            out.extend((0..len).map(|i| i as u8));
+            close_len_prefix(&mut out, 1);
+            let mut reader = Reader(&out[1..]);
+            assert_eq!(reader.varint(), Some(len as u64));
+            assert_eq!(reader.0.len(), len, "{len}");
+            assert!(reader.0.iter().enumerate().all(|(i, &b)| b == i as u8));
+            assert_eq!(out[0], 7);
+        }
     }
 
     #[test]
