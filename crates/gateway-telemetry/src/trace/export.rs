@@ -446,7 +446,7 @@ impl Tracer {
             self.counters.inner.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        export.queue.push(|out| export.encoder.append_span(&record, out));
+        export.queue.push(|out, memo| export.encoder.append_span(&record, out, memo));
         // Wake the exporter once per full batch; the timer covers the rest.
         if queued % export.batch_size == 0 {
             export.wake.0.notify_one();

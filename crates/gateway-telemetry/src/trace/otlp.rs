@@ -8,6 +8,7 @@
 //! protobuf one is the cheaper (no escaping, no hex, no decimal).
 
 mod json;
+mod memo;
 mod proto;
 
 use std::borrow::Cow;
@@ -15,6 +16,7 @@ use std::net::IpAddr;
 
 use http::{Method, Version};
 
+pub(crate) use self::memo::Memo;
 use super::span::{Host, SpanKind, SpanRecord};
 
 /// The instrumentation scope every span is reported under.
@@ -61,10 +63,12 @@ impl Encoder {
 
     /// Append `span` to `out`, framed so that spans appended one after another make the
     /// spans of one [`request`](Self::request).
-    pub(crate) fn append_span(&self, span: &SpanRecord<'_>, out: &mut Vec<u8>) {
+    /// `memo` keeps attribute runs for the spans appended to `out` after this one (one
+    /// memo per encoder and buffer: its runs are in this encoder's format).
+    pub(crate) fn append_span(&self, span: &SpanRecord<'_>, out: &mut Vec<u8>, memo: &mut Memo) {
         match self {
-            Encoder::Protobuf(e) => e.append_span(span, out),
-            Encoder::Json(e) => e.append_span(span, out),
+            Encoder::Protobuf(e) => e.append_span(span, out, memo),
+            Encoder::Json(e) => e.append_span(span, out, memo),
         }
     }
 
@@ -79,9 +83,9 @@ impl Encoder {
     /// One `ExportTraceServiceRequest` holding `spans`.
     #[cfg(test)]
     pub(crate) fn encode(&self, spans: &[SpanRecord<'_>]) -> bytes::Bytes {
-        let mut out = Vec::new();
+        let (mut out, mut memo) = (Vec::new(), Memo::default());
         for span in spans {
-            self.append_span(span, &mut out);
+            self.append_span(span, &mut out, &mut memo);
         }
         self.request(&out)
     }
@@ -119,6 +123,11 @@ trait SpanSink {
     fn int(&mut self, key: &'static str, value: u64);
     /// The [`FIXED`] attribute at `index`.
     fn fixed(&mut self, index: usize);
+    /// The attributes `write` writes, which depend only on `key`: copied from the memo when
+    /// they were written for this key before.
+    fn memo(&mut self, key: &[&[u8]], write: impl FnOnce(&mut Self))
+    where
+        Self: Sized;
     /// `status.code` ERROR when `error`; an unset status is left out.
     fn end(&mut self, error: bool);
 }
@@ -195,7 +204,7 @@ fn version_index(version: Version) -> Option<usize> {
 }
 
 /// Write `span` into `sink`: the span name and attributes of the HTTP semantic conventions.
-fn describe(span: &SpanRecord<'_>, sink: &mut impl SpanSink) {
+fn describe<S: SpanSink>(span: &SpanRecord<'_>, sink: &mut S) {
     let a = span.attributes;
     // Span names per the conventions: `{method} {http.route}` (server), `{method}` (client).
     let known = a.method.as_ref().and_then(method_index);
@@ -231,16 +240,25 @@ fn describe(span: &SpanRecord<'_>, sink: &mut impl SpanSink) {
             }
             if let Some(host) = &a.host {
                 let host = match host {
-                    Host::Header(value) => text(value.as_bytes()),
-                    Host::Authority(authority) => Cow::Borrowed(authority.as_str()),
+                    Host::Header(value) => value.as_bytes(),
+                    Host::Authority(authority) => authority.as_str().as_bytes(),
                 };
-                let (address, port) = split_host_port(&host);
-                sink.str("server.address", &[address]);
-                match (port, a.tls) {
-                    (Some(port), _) => sink.int("server.port", u64::from(port)),
-                    (None, Some(tls)) => sink.int("server.port", if tls { 443 } else { 80 }),
-                    (None, None) => {}
-                }
+                // What the run depends on besides the host, in one part: the span kind and scheme.
+                let scheme: &[u8] = match a.tls {
+                    Some(true) => b"server https",
+                    Some(false) => b"server http",
+                    None => b"server",
+                };
+                sink.memo(&[scheme, host], |sink| {
+                    let host = text(host);
+                    let (address, port) = split_host_port(&host);
+                    sink.str("server.address", &[address]);
+                    match (port, a.tls) {
+                        (Some(port), _) => sink.int("server.port", u64::from(port)),
+                        (None, Some(tls)) => sink.int("server.port", if tls { 443 } else { 80 }),
+                        (None, None) => {}
+                    }
+                });
             }
             if let Some(client) = a.client_ip {
                 sink.str("client.address", &[ip.format(client)]);
@@ -251,24 +269,37 @@ fn describe(span: &SpanRecord<'_>, sink: &mut impl SpanSink) {
         }
         SpanKind::Client => {
             if let Some(authority) = &a.upstream {
-                let (address, port) = split_host_port(authority.as_str());
-                let port = port.unwrap_or(if a.upstream_https { 443 } else { 80 });
-                sink.str("server.address", &[address]);
-                sink.int("server.port", u64::from(port));
-                let scheme = if a.upstream_https { "https" } else { "http" };
+                let (scheme, default_port) = if a.upstream_https { ("https", 443) } else { ("http", 80) };
+                let kind: &[u8] = if a.upstream_https { b"client https" } else { b"client http" };
+                // What follows from the endpoint alone (and the service's name).
+                let endpoint = |sink: &mut S| {
+                    let (address, port) = split_host_port(authority.as_str());
+                    let port = port.unwrap_or(default_port);
+                    sink.str("server.address", &[address]);
+                    sink.int("server.port", u64::from(port));
+                    if a.peer.is_none() && is_ip_literal(authority.as_str(), address) {
+                        sink.str("network.peer.address", &[address]);
+                        sink.int("network.peer.port", u64::from(port));
+                    }
+                    if let Some(service) = &a.service {
+                        sink.str("peer.service", &[service]);
+                    }
+                };
+                match (&a.peer, &a.service) {
+                    (None, Some(service)) => {
+                        sink.memo(&[kind, authority.as_str().as_bytes(), service.as_bytes()], endpoint);
+                    }
+                    (None, None) => sink.memo(&[kind, authority.as_str().as_bytes()], endpoint),
+                    (Some(_), _) => endpoint(sink),
+                }
                 let path = a.path.as_ref().map_or("/", |p| p.path());
                 sink.str("url.full", &[scheme, "://", authority.as_str(), path]);
-                if a.peer.is_none() && is_ip_literal(authority.as_str(), address) {
-                    sink.str("network.peer.address", &[address]);
-                    sink.int("network.peer.port", u64::from(port));
-                }
+            } else if let Some(service) = &a.service {
+                sink.str("peer.service", &[service]);
             }
             if let Some(peer) = a.peer {
                 sink.str("network.peer.address", &[ip.format(peer.ip())]);
                 sink.int("network.peer.port", u64::from(peer.port()));
-            }
-            if let Some(service) = &a.service {
-                sink.str("peer.service", &[service]);
             }
             if a.resend_count > 0 {
                 sink.int("http.request.resend_count", u64::from(a.resend_count));
@@ -490,6 +521,72 @@ mod tests {
         assert_eq!(span["name"], "POST ör\"d\u{1}ers");
         assert_eq!(span["status"]["code"], 2);
         assert!(proto.len() * 2 < json.to_string().len(), "protobuf is the smaller: {} bytes", proto.len());
+    }
+
+    /// A span written from memoized runs is byte for byte the span written in full, in
+    /// both encodings, whether the run comes first among the attributes or not.
+    #[test]
+    fn memoized_runs_write_the_same_spans() {
+        use crate::trace::span::Attributes;
+        use http::uri::Authority;
+        use std::sync::Arc;
+        let server = |host: &'static str| Attributes {
+            method: Some(Method::GET),
+            host: Some(Host::Header(http::HeaderValue::from_static(host))),
+            tls: Some(false),
+            ..Attributes::default()
+        };
+        let client = |method: Option<Method>, service: Option<&str>| Attributes {
+            method,
+            upstream: Some(Authority::from_static("10.0.0.1:9001")),
+            service: service.map(Arc::from),
+            status: 200,
+            ..Attributes::default()
+        };
+        let attributes = [
+            server("api.example.com"),
+            server("[::1]:8080"),
+            server("api.example.com"),
+            client(Some(Method::GET), Some("users")),
+            client(None, Some("users")),
+            client(None, None),
+            client(Some(Method::POST), None),
+        ];
+        let spans: Vec<SpanRecord<'_>> = attributes
+            .iter()
+            .enumerate()
+            .map(|(i, attributes)| SpanRecord {
+                trace_id: [1; 16],
+                span_id: [2; 8],
+                parent_id: [0; 8],
+                kind: if i < 3 { SpanKind::Server } else { SpanKind::Client },
+                start_unix_nanos: 1,
+                end_unix_nanos: 2,
+                attributes,
+            })
+            .collect();
+        for protocol in [Protocol::Protobuf, Protocol::Json] {
+            let encoder = Encoder::new(protocol, "gw");
+            let mut memo = Memo::default();
+            let mut pass = || {
+                let mut out = Vec::new();
+                for span in &spans {
+                    encoder.append_span(span, &mut out, &mut memo);
+                }
+                out
+            };
+            let (misses, hits) = (pass(), pass());
+            assert_eq!(String::from_utf8_lossy(&hits), String::from_utf8_lossy(&misses), "{protocol:?}");
+            let mut fresh = Vec::new();
+            for span in &spans {
+                encoder.append_span(span, &mut fresh, &mut Memo::default());
+            }
+            assert_eq!(fresh, misses, "{protocol:?}");
+        }
+        let doc: serde_json::Value =
+            serde_json::from_slice(&Encoder::new(Protocol::Json, "gw").encode(&spans)).expect("JSON");
+        let client = &doc["resourceSpans"][0]["scopeSpans"][0]["spans"][4];
+        assert_eq!(client["attributes"][0]["key"], "server.address");
     }
 
     #[test]

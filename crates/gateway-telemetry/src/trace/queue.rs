@@ -11,6 +11,8 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use super::otlp::Memo;
+
 /// A buffer that grew past this in a burst is given back to the allocator once sent.
 const KEEP_CAPACITY: usize = 1024 * 1024;
 
@@ -43,8 +45,15 @@ impl Encoded {
     }
 }
 
+/// One thread's buffer, and the memo of the encoder writing into it.
+#[derive(Default)]
+struct Shard {
+    encoded: Encoded,
+    memo: Memo,
+}
+
 pub(crate) struct SpanQueue {
-    shards: Box<[Mutex<Encoded>]>,
+    shards: Box<[Mutex<Shard>]>,
     /// Spans pushed and not yet released by the exporter; at most `capacity`.
     len: AtomicUsize,
     capacity: usize,
@@ -65,7 +74,7 @@ fn shard_of_this_thread() -> usize {
 impl SpanQueue {
     pub(crate) fn new(capacity: usize) -> SpanQueue {
         let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
-        let shards = (0..threads.clamp(4, 64)).map(|_| Mutex::new(Encoded::default())).collect();
+        let shards = (0..threads.clamp(4, 64)).map(|_| Mutex::new(Shard::default())).collect();
         SpanQueue { shards, len: AtomicUsize::new(0), capacity, closed: AtomicBool::new(false) }
     }
 
@@ -79,13 +88,14 @@ impl SpanQueue {
         Some(before + 1)
     }
 
-    /// Queue a span whose place [`reserve`](Self::reserve) took: `encode` appends it.
-    pub(crate) fn push(&self, encode: impl FnOnce(&mut Vec<u8>)) {
+    /// Queue a span whose place [`reserve`](Self::reserve) took: `encode` appends it (with
+    /// this buffer's memo).
+    pub(crate) fn push(&self, encode: impl FnOnce(&mut Vec<u8>, &mut Memo)) {
         let shard = &self.shards[shard_of_this_thread() % self.shards.len()];
         let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-        encode(&mut shard.bytes);
-        let end = shard.bytes.len();
-        shard.ends.push(end);
+        let Shard { encoded, memo } = &mut *shard;
+        encode(&mut encoded.bytes, memo);
+        encoded.ends.push(encoded.bytes.len());
     }
 
     /// How many buffers there are, for [`swap_out`](Self::swap_out).
@@ -97,7 +107,7 @@ impl SpanQueue {
     /// spans taken keep their places until [`release`](Self::release).
     pub(crate) fn swap_out(&self, index: usize, spare: &mut Encoded) {
         spare.clear();
-        std::mem::swap(spare, &mut self.shards[index].lock().unwrap_or_else(|e| e.into_inner()));
+        std::mem::swap(spare, &mut self.shards[index].lock().unwrap_or_else(|e| e.into_inner()).encoded);
     }
 
     /// Give back the places of `spans` taken spans (sent, or lost).

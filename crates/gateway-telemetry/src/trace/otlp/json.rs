@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use super::{describe, encode_fixed, SpanSink, SCOPE_NAME};
+use super::{describe, encode_fixed, Memo, SpanSink, SCOPE_NAME};
 use crate::json;
 use crate::trace::context::hex_into;
 use crate::trace::span::SpanRecord;
@@ -24,7 +24,7 @@ impl Encoder {
     pub(crate) fn new(resource: &[(&str, &str)]) -> Encoder {
         let mut prefix = Vec::with_capacity(256);
         prefix.extend_from_slice(b"{\"resourceSpans\":[{\"resource\":{\"attributes\":[");
-        let mut sink = Json { out: &mut prefix, first: true, fixed: &[] };
+        let mut sink = Json { out: &mut prefix, first: true, fixed: &[], memo: None };
         for (key, value) in resource {
             sink.key(key);
             sink.string_value(&[value]);
@@ -34,16 +34,17 @@ impl Encoder {
         prefix.extend_from_slice(b",\"version\":");
         json::string(&mut prefix, &[env!("CARGO_PKG_VERSION")]);
         prefix.extend_from_slice(b"},\"spans\":[");
-        let fixed = encode_fixed(|out, key, value| Json { out, first: true, fixed: &[] }.str(key, &[value]));
+        let fixed =
+            encode_fixed(|out, key, value| Json { out, first: true, fixed: &[], memo: None }.str(key, &[value]));
         Encoder { prefix, fixed }
     }
 
     /// Append `span` as one element of the `spans` array (after a comma), ready for
     /// [`request`](Self::request).
-    pub(crate) fn append_span(&self, span: &SpanRecord<'_>, out: &mut Vec<u8>) {
+    pub(crate) fn append_span(&self, span: &SpanRecord<'_>, out: &mut Vec<u8>, memo: &mut Memo) {
         out.reserve(SPAN_BYTES);
         out.push(b',');
-        describe(span, &mut Json { out, first: true, fixed: &self.fixed });
+        describe(span, &mut Json { out, first: true, fixed: &self.fixed, memo: Some(memo) });
     }
 
     /// One `ExportTraceServiceRequest` holding the spans [`append_span`](Self::append_span)
@@ -64,6 +65,7 @@ struct Json<'a> {
     out: &'a mut Vec<u8>,
     first: bool,
     fixed: &'a [Box<[u8]>],
+    memo: Option<&'a mut Memo>,
 }
 
 impl Json<'_> {
@@ -133,6 +135,30 @@ impl SpanSink for Json<'_> {
         self.out.extend_from_slice(&self.fixed[index]);
     }
 
+    /// Runs are kept with a comma before each attribute, the first one's included.
+    fn memo(&mut self, key: &[&[u8]], write: impl FnOnce(&mut Self)) {
+        if let Some(run) = self.memo.as_deref_mut().and_then(|m| m.get(key)) {
+            let run = if self.first { run.strip_prefix(b",").unwrap_or(run) } else { run };
+            self.first &= run.is_empty();
+            self.out.extend_from_slice(run);
+            return;
+        }
+        let (start, was_first) = (self.out.len(), self.first);
+        write(self);
+        if let Some(memo) = self.memo.as_deref_mut() {
+            let run = &self.out[start..];
+            match (was_first, run.is_empty()) {
+                (true, false) => {
+                    let mut with_comma = Vec::with_capacity(run.len() + 1);
+                    with_comma.push(b',');
+                    with_comma.extend_from_slice(run);
+                    memo.store(key, &with_comma);
+                }
+                _ => memo.store(key, run),
+            }
+        }
+    }
+
     fn end(&mut self, error: bool) {
         self.out.push(b']');
         if error {
@@ -178,7 +204,7 @@ mod tests {
         let encoder = Encoder::new(&[("service.name", "gw \"quoted\"\n")]);
         let mut appended = Vec::new();
         for span in spans {
-            encoder.append_span(span, &mut appended);
+            encoder.append_span(span, &mut appended, &mut Memo::default());
         }
         let out = encoder.request(&appended);
         serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))

@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 
-use super::{describe, encode_fixed, SpanSink, SCOPE_NAME};
+use super::{describe, encode_fixed, Memo, SpanSink, SCOPE_NAME};
 use crate::trace::span::SpanRecord;
 
 /// Bytes a span takes, about: the buffer is sized once per batch.
@@ -54,13 +54,13 @@ impl Encoder {
     }
 
     /// Append `span` as a `ScopeSpans.spans` field (field 2), ready for [`request`](Self::request).
-    pub(crate) fn append_span(&self, span: &SpanRecord<'_>, out: &mut Vec<u8>) {
+    pub(crate) fn append_span(&self, span: &SpanRecord<'_>, out: &mut Vec<u8>, memo: &mut Memo) {
         out.reserve(SPAN_BYTES);
         out.push(key(2, LEN));
         // Two bytes of room for the length, which is known once the span is written.
         let at = out.len();
         out.extend_from_slice(&[0, 0]);
-        describe(span, &mut Proto { out: &mut *out, fixed: &self.fixed });
+        describe(span, &mut Proto { out: &mut *out, fixed: &self.fixed, memo });
         close_len_prefix(out, at);
     }
 
@@ -108,28 +108,32 @@ fn close_len_prefix(out: &mut Vec<u8>, at: usize) {
 struct Proto<'a> {
     out: &'a mut Vec<u8>,
     fixed: &'a [Box<[u8]>],
+    memo: &'a mut Memo,
 }
 
 impl SpanSink for Proto<'_> {
     fn start(&mut self, span: &SpanRecord<'_>, name: &[&str]) {
-        let out = &mut *self.out;
-        // bytes trace_id = 1; bytes span_id = 2; bytes parent_span_id = 4 (empty for a root).
-        len_prefix(out, 1, span.trace_id.len());
-        out.extend_from_slice(&span.trace_id);
-        len_prefix(out, 2, span.span_id.len());
-        out.extend_from_slice(&span.span_id);
+        // The fixed-size fields, assembled on the stack and copied in once:
+        // bytes trace_id = 1; bytes span_id = 2; bytes parent_span_id = 4 (empty for a root);
+        // SpanKind kind = 6; fixed64 start_time_unix_nano = 7, end = 8.
+        let mut head = [0u8; 58];
+        head[..2].copy_from_slice(&[key(1, LEN), 16]);
+        head[2..18].copy_from_slice(&span.trace_id);
+        head[18..20].copy_from_slice(&[key(2, LEN), 8]);
+        head[20..28].copy_from_slice(&span.span_id);
+        let mut at = 28;
         if span.parent_id != [0; 8] {
-            len_prefix(out, 4, span.parent_id.len());
-            out.extend_from_slice(&span.parent_id);
+            head[28..30].copy_from_slice(&[key(4, LEN), 8]);
+            head[30..38].copy_from_slice(&span.parent_id);
+            at = 38;
         }
-        // string name = 5; SpanKind kind = 6; fixed64 start_time_unix_nano = 7, end = 8.
-        string_field(out, 5, name);
-        out.push(key(6, VARINT));
-        varint(out, u64::from(span.kind.otlp()));
-        out.push(key(7, I64));
-        out.extend_from_slice(&span.start_unix_nanos.to_le_bytes());
-        out.push(key(8, I64));
-        out.extend_from_slice(&span.end_unix_nanos.to_le_bytes());
+        head[at..at + 3].copy_from_slice(&[key(6, VARINT), span.kind.otlp(), key(7, I64)]);
+        head[at + 3..at + 11].copy_from_slice(&span.start_unix_nanos.to_le_bytes());
+        head[at + 11] = key(8, I64);
+        head[at + 12..at + 20].copy_from_slice(&span.end_unix_nanos.to_le_bytes());
+        self.out.extend_from_slice(&head[..at + 20]);
+        // string name = 5
+        string_field(self.out, 5, name);
     }
 
     fn str(&mut self, key: &'static str, parts: &[&str]) {
@@ -160,6 +164,16 @@ impl SpanSink for Proto<'_> {
 
     fn fixed(&mut self, index: usize) {
         self.out.extend_from_slice(&self.fixed[index]);
+    }
+
+    fn memo(&mut self, key: &[&[u8]], write: impl FnOnce(&mut Self)) {
+        if let Some(run) = self.memo.get(key) {
+            self.out.extend_from_slice(run);
+            return;
+        }
+        let start = self.out.len();
+        write(self);
+        self.memo.store(key, &self.out[start..]);
     }
 
     fn end(&mut self, error: bool) {
