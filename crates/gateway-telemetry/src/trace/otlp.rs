@@ -261,7 +261,13 @@ fn describe<S: SpanSink>(span: &SpanRecord<'_>, sink: &mut S) {
                 });
             }
             if let Some(client) = a.client_ip {
-                sink.str("client.address", &[ip.format(client)]);
+                // A client sends many requests: its address is written once per memo slot.
+                let octets = match client {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                    IpAddr::V6(v6) => v6.octets(),
+                };
+                let kind: &[u8] = if client.is_ipv4() { b"client v4" } else { b"client v6" };
+                sink.memo(&[kind, &octets], |sink| sink.str("client.address", &[ip.format(client)]));
             }
             if let Some(ua) = &a.user_agent {
                 sink.str("user_agent.original", &[&text(ua.as_bytes())]);
@@ -534,6 +540,7 @@ mod tests {
             method: Some(Method::GET),
             host: Some(Host::Header(http::HeaderValue::from_static(host))),
             tls: Some(false),
+            client_ip: Some(if host.starts_with('[') { "::ffff:10.0.0.7" } else { "10.0.0.7" }.parse().expect("ip")),
             ..Attributes::default()
         };
         let client = |method: Option<Method>, service: Option<&str>| Attributes {
@@ -585,8 +592,15 @@ mod tests {
         }
         let doc: serde_json::Value =
             serde_json::from_slice(&Encoder::new(Protocol::Json, "gw").encode(&spans)).expect("JSON");
-        let client = &doc["resourceSpans"][0]["scopeSpans"][0]["spans"][4];
-        assert_eq!(client["attributes"][0]["key"], "server.address");
+        let spans = &doc["resourceSpans"][0]["scopeSpans"][0]["spans"];
+        assert_eq!(spans[4]["attributes"][0]["key"], "server.address");
+        let client_address = |span: &serde_json::Value| {
+            let attributes = span["attributes"].as_array().expect("attributes").clone();
+            attributes.into_iter().find(|a| a["key"] == "client.address").expect("client.address")["value"].clone()
+        };
+        // The same 16 bytes as an IPv6 address, but not the same address.
+        assert_eq!(client_address(&spans[0])["stringValue"], "10.0.0.7");
+        assert_eq!(client_address(&spans[1])["stringValue"], "::ffff:10.0.0.7");
     }
 
     #[test]
