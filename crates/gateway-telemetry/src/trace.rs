@@ -41,8 +41,10 @@
 //!
 //! Costs on the request path: parsing `traceparent` and making ids touch no lock and no
 //! heap; the `traceparent` sent upstream is one small allocation; a span that is not
-//! sampled (or comes from [`Tracer::disabled`]) records nothing; a sampled one is
-//! a few cheap clones and a push into a bounded queue under an uncontended lock.
+//! sampled (or comes from [`Tracer::disabled`]) records nothing; a sampled one is a few
+//! cheap clones (shared buffers, not copies), then, when finished, is encoded into one of a
+//! few export buffers (one per thread, so its lock is uncontended). Nothing is sent from the
+//! request path: the exporter task takes the buffers and POSTs them.
 
 mod context;
 /// For tests: OTLP protobuf export bodies read back as the JSON mapping.

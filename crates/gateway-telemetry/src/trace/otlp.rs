@@ -4,8 +4,12 @@
 //!
 //! What a span says (its name, attributes per the HTTP semantic conventions, whether it is an
 //! error) is decided once, in [`describe`]; each encoding only writes it down. Both are
-//! written by hand into one buffer: this runs on the exporter task for every span, and the
-//! protobuf one is the cheaper (no escaping, no hex, no decimal).
+//! written by hand, by the thread that finishes the span, straight into its export buffer:
+//! this runs for every span, so what repeats is not written again. Attributes whose value is
+//! one of a few (method, scheme, protocol version) are encoded once per encoder ([`FIXED`]);
+//! runs that follow from an upstream endpoint, a `Host` or a client address are kept per
+//! buffer ([`Memo`]) and copied. The protobuf encoding is the cheaper (no escaping, no hex,
+//! no decimal).
 
 mod json;
 mod memo;
@@ -17,7 +21,7 @@ use std::net::IpAddr;
 use http::{Method, Version};
 
 pub(crate) use self::memo::Memo;
-use super::span::{Host, SpanKind, SpanRecord};
+use super::span::{Attributes, Host, SpanKind, SpanRecord};
 
 /// The instrumentation scope every span is reported under.
 pub(crate) const SCOPE_NAME: &str = "gateway";
@@ -226,91 +230,9 @@ fn describe<S: SpanSink>(span: &SpanRecord<'_>, sink: &mut S) {
             }
         }
     }
-    let mut ip = IpText::default();
     match span.kind {
-        SpanKind::Server => {
-            if let Some(path) = &a.path {
-                sink.str("url.path", &[path.path()]);
-            }
-            if let Some(tls) = a.tls {
-                sink.fixed(SCHEME_AT + usize::from(tls));
-            }
-            if let Some(route) = &a.route {
-                sink.str("http.route", &[route]);
-            }
-            if let Some(host) = &a.host {
-                let host = match host {
-                    Host::Header(value) => value.as_bytes(),
-                    Host::Authority(authority) => authority.as_str().as_bytes(),
-                };
-                // What the run depends on besides the host, in one part: the span kind and scheme.
-                let scheme: &[u8] = match a.tls {
-                    Some(true) => b"server https",
-                    Some(false) => b"server http",
-                    None => b"server",
-                };
-                sink.memo(&[scheme, host], |sink| {
-                    let host = text(host);
-                    let (address, port) = split_host_port(&host);
-                    sink.str("server.address", &[address]);
-                    match (port, a.tls) {
-                        (Some(port), _) => sink.int("server.port", u64::from(port)),
-                        (None, Some(tls)) => sink.int("server.port", if tls { 443 } else { 80 }),
-                        (None, None) => {}
-                    }
-                });
-            }
-            if let Some(client) = a.client_ip {
-                // A client sends many requests: its address is written once per memo slot.
-                let octets = match client {
-                    IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-                    IpAddr::V6(v6) => v6.octets(),
-                };
-                let kind: &[u8] = if client.is_ipv4() { b"client v4" } else { b"client v6" };
-                sink.memo(&[kind, &octets], |sink| sink.str("client.address", &[ip.format(client)]));
-            }
-            if let Some(ua) = &a.user_agent {
-                sink.str("user_agent.original", &[&text(ua.as_bytes())]);
-            }
-        }
-        SpanKind::Client => {
-            if let Some(authority) = &a.upstream {
-                let (scheme, default_port) = if a.upstream_https { ("https", 443) } else { ("http", 80) };
-                let kind: &[u8] = if a.upstream_https { b"client https" } else { b"client http" };
-                // What follows from the endpoint alone (and the service's name).
-                let endpoint = |sink: &mut S| {
-                    let (address, port) = split_host_port(authority.as_str());
-                    let port = port.unwrap_or(default_port);
-                    sink.str("server.address", &[address]);
-                    sink.int("server.port", u64::from(port));
-                    if a.peer.is_none() && is_ip_literal(authority.as_str(), address) {
-                        sink.str("network.peer.address", &[address]);
-                        sink.int("network.peer.port", u64::from(port));
-                    }
-                    if let Some(service) = &a.service {
-                        sink.str("peer.service", &[service]);
-                    }
-                };
-                match (&a.peer, &a.service) {
-                    (None, Some(service)) => {
-                        sink.memo(&[kind, authority.as_str().as_bytes(), service.as_bytes()], endpoint);
-                    }
-                    (None, None) => sink.memo(&[kind, authority.as_str().as_bytes()], endpoint),
-                    (Some(_), _) => endpoint(sink),
-                }
-                let path = a.path.as_ref().map_or("/", |p| p.path());
-                sink.str("url.full", &[scheme, "://", authority.as_str(), path]);
-            } else if let Some(service) = &a.service {
-                sink.str("peer.service", &[service]);
-            }
-            if let Some(peer) = a.peer {
-                sink.str("network.peer.address", &[ip.format(peer.ip())]);
-                sink.int("network.peer.port", u64::from(peer.port()));
-            }
-            if a.resend_count > 0 {
-                sink.int("http.request.resend_count", u64::from(a.resend_count));
-            }
-        }
+        SpanKind::Server => server_attributes(a, sink),
+        SpanKind::Client => client_attributes(a, sink),
     }
     if let Some(index) = a.version.and_then(version_index) {
         sink.fixed(index);
@@ -329,6 +251,93 @@ fn describe<S: SpanSink>(span: &SpanRecord<'_>, sink: &mut S) {
         None => {}
     }
     sink.end(error);
+}
+
+/// The attributes of a server span (besides those every span has).
+fn server_attributes<S: SpanSink>(a: &Attributes, sink: &mut S) {
+    if let Some(path) = &a.path {
+        sink.str("url.path", &[path.path()]);
+    }
+    if let Some(tls) = a.tls {
+        sink.fixed(SCHEME_AT + usize::from(tls));
+    }
+    if let Some(route) = &a.route {
+        sink.str("http.route", &[route]);
+    }
+    if let Some(host) = &a.host {
+        let host = match host {
+            Host::Header(value) => value.as_bytes(),
+            Host::Authority(authority) => authority.as_str().as_bytes(),
+        };
+        // What the run depends on besides the host, in one part: the span kind and scheme.
+        let scheme: &[u8] = match a.tls {
+            Some(true) => b"server https",
+            Some(false) => b"server http",
+            None => b"server",
+        };
+        sink.memo(&[scheme, host], |sink| {
+            let host = text(host);
+            let (address, port) = split_host_port(&host);
+            sink.str("server.address", &[address]);
+            match (port, a.tls) {
+                (Some(port), _) => sink.int("server.port", u64::from(port)),
+                (None, Some(tls)) => sink.int("server.port", if tls { 443 } else { 80 }),
+                (None, None) => {}
+            }
+        });
+    }
+    if let Some(client) = a.client_ip {
+        // A client sends many requests: its address is written once per memo slot.
+        let octets = match client {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        let kind: &[u8] = if client.is_ipv4() { b"client v4" } else { b"client v6" };
+        sink.memo(&[kind, &octets], |sink| sink.str("client.address", &[IpText::default().format(client)]));
+    }
+    if let Some(ua) = &a.user_agent {
+        sink.str("user_agent.original", &[&text(ua.as_bytes())]);
+    }
+}
+
+/// The attributes of a client span (besides those every span has).
+fn client_attributes<S: SpanSink>(a: &Attributes, sink: &mut S) {
+    if let Some(authority) = &a.upstream {
+        let (scheme, default_port) = if a.upstream_https { ("https", 443) } else { ("http", 80) };
+        let kind: &[u8] = if a.upstream_https { b"client https" } else { b"client http" };
+        // What follows from the endpoint alone (and the service's name).
+        let endpoint = |sink: &mut S| {
+            let (address, port) = split_host_port(authority.as_str());
+            let port = port.unwrap_or(default_port);
+            sink.str("server.address", &[address]);
+            sink.int("server.port", u64::from(port));
+            if a.peer.is_none() && is_ip_literal(authority.as_str(), address) {
+                sink.str("network.peer.address", &[address]);
+                sink.int("network.peer.port", u64::from(port));
+            }
+            if let Some(service) = &a.service {
+                sink.str("peer.service", &[service]);
+            }
+        };
+        match (&a.peer, &a.service) {
+            (None, Some(service)) => {
+                sink.memo(&[kind, authority.as_str().as_bytes(), service.as_bytes()], endpoint);
+            }
+            (None, None) => sink.memo(&[kind, authority.as_str().as_bytes()], endpoint),
+            (Some(_), _) => endpoint(sink),
+        }
+        let path = a.path.as_ref().map_or("/", |p| p.path());
+        sink.str("url.full", &[scheme, "://", authority.as_str(), path]);
+    } else if let Some(service) = &a.service {
+        sink.str("peer.service", &[service]);
+    }
+    if let Some(peer) = a.peer {
+        sink.str("network.peer.address", &[IpText::default().format(peer.ip())]);
+        sink.int("network.peer.port", u64::from(peer.port()));
+    }
+    if a.resend_count > 0 {
+        sink.int("http.request.resend_count", u64::from(a.resend_count));
+    }
 }
 
 /// `host[:port]` or `[v6][:port]` into the bare host and the port, if any.
