@@ -149,7 +149,8 @@ impl TracerBuilder {
         self
     }
 
-    /// Finished spans held for export at most (default [`DEFAULT_QUEUE_CAPACITY`]).
+    /// Finished spans held for export at most (default [`DEFAULT_QUEUE_CAPACITY`]); their
+    /// encoded bytes are held to 2 KiB per span of this (long spans fill it sooner).
     pub fn queue_capacity(mut self, spans: usize) -> Self {
         self.queue_capacity = spans;
         self
@@ -446,7 +447,11 @@ impl Tracer {
             self.counters.inner.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        export.queue.push(|out, memo| export.encoder.append_span(&record, out, memo));
+        if !export.queue.push(|out, memo| export.encoder.append_span(&record, out, memo)) {
+            // Full of bytes (long spans): dropped as when full of spans.
+            self.counters.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         // Wake the exporter once per full batch; the timer covers the rest.
         if queued % export.batch_size == 0 {
             export.wake.0.notify_one();
@@ -534,7 +539,7 @@ impl Task {
                 queue.swap_out(index, &mut taken);
                 for (spans, count) in taken.batches(batch_size) {
                     self.export(spans, count).await;
-                    queue.release(count);
+                    queue.release(count, spans.len());
                 }
             }
             taken.clear();

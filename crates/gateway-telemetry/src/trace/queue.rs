@@ -5,8 +5,9 @@
 //! is moved between threads, and what the span holds (shared names, request buffers) is let
 //! go on the thread that took it. The exporter swaps the buffers out when it wakes and sends
 //! their bytes as they are, inside one request envelope per batch. The queue is bounded in
-//! spans, counting those the exporter has taken and not yet sent: a collector that is slow or
-//! down never makes the gateway hold more than `capacity` spans.
+//! spans and in bytes, counting those the exporter has taken and not yet sent: a collector
+//! that is slow or down never makes the gateway hold more than `capacity` spans, nor more
+//! than [`BYTES_PER_SPAN`] times that (spans with long paths or user agents are larger).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -15,6 +16,9 @@ use super::otlp::Memo;
 
 /// A buffer that grew past this in a burst is given back to the allocator once sent.
 const KEEP_CAPACITY: usize = 1024 * 1024;
+/// The queue holds at most this many bytes per span of its capacity: some three times a
+/// typical span in protobuf, twice in JSON.
+pub(crate) const BYTES_PER_SPAN: usize = 2048;
 
 /// Encoded spans, one after another, and where each ends.
 #[derive(Default)]
@@ -57,6 +61,9 @@ pub(crate) struct SpanQueue {
     /// Spans pushed and not yet released by the exporter; at most `capacity`.
     len: AtomicUsize,
     capacity: usize,
+    /// Their encoded bytes; a span is refused once this reaches `max_bytes`.
+    bytes: AtomicUsize,
+    max_bytes: usize,
     /// Set when the tracer goes: the exporter sends what is left and stops.
     closed: AtomicBool,
 }
@@ -75,7 +82,14 @@ impl SpanQueue {
     pub(crate) fn new(capacity: usize) -> SpanQueue {
         let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
         let shards = (0..threads.clamp(4, 64)).map(|_| Mutex::new(Shard::default())).collect();
-        SpanQueue { shards, len: AtomicUsize::new(0), capacity, closed: AtomicBool::new(false) }
+        SpanQueue {
+            shards,
+            len: AtomicUsize::new(0),
+            capacity,
+            bytes: AtomicUsize::new(0),
+            max_bytes: capacity.saturating_mul(BYTES_PER_SPAN),
+            closed: AtomicBool::new(false),
+        }
     }
 
     /// Take a place for one more span: the new length, or `None` when the queue is full.
@@ -89,13 +103,21 @@ impl SpanQueue {
     }
 
     /// Queue a span whose place [`reserve`](Self::reserve) took: `encode` appends it (with
-    /// this buffer's memo).
-    pub(crate) fn push(&self, encode: impl FnOnce(&mut Vec<u8>, &mut Memo)) {
+    /// this buffer's memo). `false` when the queue's bytes are at their bound: the span is
+    /// not queued, and its place is given back.
+    pub(crate) fn push(&self, encode: impl FnOnce(&mut Vec<u8>, &mut Memo)) -> bool {
+        if self.bytes.load(Ordering::Relaxed) >= self.max_bytes {
+            self.release(1, 0);
+            return false;
+        }
         let shard = &self.shards[shard_of_this_thread() % self.shards.len()];
         let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
         let Shard { encoded, memo } = &mut *shard;
+        let start = encoded.bytes.len();
         encode(&mut encoded.bytes, memo);
         encoded.ends.push(encoded.bytes.len());
+        self.bytes.fetch_add(encoded.bytes.len() - start, Ordering::Relaxed);
+        true
     }
 
     /// How many buffers there are, for [`swap_out`](Self::swap_out).
@@ -110,8 +132,9 @@ impl SpanQueue {
         std::mem::swap(spare, &mut self.shards[index].lock().unwrap_or_else(|e| e.into_inner()).encoded);
     }
 
-    /// Give back the places of `spans` taken spans (sent, or lost).
-    pub(crate) fn release(&self, spans: usize) {
+    /// Give back the places of `spans` taken spans of `bytes` bytes (sent, or lost).
+    pub(crate) fn release(&self, spans: usize, bytes: usize) {
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
         self.len.fetch_sub(spans, Ordering::AcqRel);
     }
 

@@ -393,6 +393,43 @@ async fn a_collector_that_is_down_costs_nothing_and_the_queue_stays_bounded() {
     assert!(text.contains("gateway_trace_queue_spans 0"), "{text}");
 }
 
+/// Spans with long paths fill the queue's bytes before its count: a collector that is down
+/// never makes the gateway hold more than about 2 KiB per span of capacity.
+#[tokio::test]
+async fn long_spans_are_bounded_by_bytes_too() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let tracer = Tracer::builder(&format!("http://127.0.0.1:{port}"), "gw-test")
+        .queue_capacity(16)
+        .export_timeout(Duration::from_millis(500))
+        .flush_interval(Duration::from_millis(20))
+        .build()
+        .expect("tracer");
+    let long: PathAndQuery = format!("/{}", "a".repeat(8 * 1024)).parse().expect("path");
+    let finish_long = || tracer.finish(tracer.server_span(None).method(&Method::GET).path(Some(&long)).start());
+    for _ in 0..16 {
+        finish_long();
+    }
+    // 16 spans of 2 KiB each is 32 KiB: four spans of 8 KiB reach it, the rest are dropped.
+    assert_eq!(tracer.queue_len(), 4);
+    assert_eq!(tracer.dropped(), 12);
+    // Short spans are refused too while the bytes are at their bound...
+    tracer.finish(tracer.server_span(None).start());
+    assert_eq!(tracer.dropped(), 13);
+
+    // ...until the exporter has given them up (the collector is down): then they fit again.
+    let counters = tracer.counters().clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counters.failed() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((counters.failed(), tracer.queue_len()), (4, 0));
+    finish_long();
+    assert_eq!((tracer.queue_len(), tracer.dropped()), (1, 13));
+}
+
 #[tokio::test]
 async fn dropping_the_tracer_flushes_and_stops_the_exporter() {
     let mut collector = Collector::start().await;
