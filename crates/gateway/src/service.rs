@@ -370,7 +370,7 @@ async fn proxy(
             let lookup_request = CacheRequest {
                 method: &method,
                 host: host.unwrap_or(""),
-                path: uri.path(),
+                path: &path,
                 query: uri.query(),
                 headers: &parts.headers,
                 credentialed: principal.is_some(),

@@ -168,6 +168,8 @@ cache = {{ ttl = "30s", max_entries = 100, vary = ["accept-language"] }}
     let second = gw.get("/items").await;
     assert_eq!(second.header("x-cache"), Some("HIT"));
     assert_eq!(first.body, second.body);
+    // The key is the normalised path: the same resource spelt another way is the same entry.
+    assert_eq!(gw.get("/x/../it%65ms").await.header("x-cache"), Some("HIT"));
     assert_eq!(backend.seen().len(), 1);
     let other_language = gw.request(get_with("/items", &[("accept-language", "fr")])).await;
     assert_eq!(other_language.header("x-cache"), Some("MISS"), "vary keeps languages apart");
