@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use super::context::TraceContext;
 use super::id::new_trace_id;
 use super::otlp::{rejected_spans, Encoder, Protocol};
-use super::queue::{Encoded, SpanQueue};
+use super::queue::{batches, Encoded, SpanQueue};
 use super::sampler::Sampler;
 use super::span::{ActiveSpan, SpanBuilder, SpanKind};
 
@@ -526,7 +526,7 @@ impl Task {
     async fn run(mut self, queue: Arc<SpanQueue>, wake: Arc<Notify>, batch_size: usize, flush_interval: Duration) {
         let mut tick = tokio::time::interval(flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut taken = Encoded::default();
+        let mut taken: Vec<Encoded> = Vec::new();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -535,14 +535,16 @@ impl Task {
             // Read before taking: once closed, nothing more can be finished (`finish` needs
             // the tracer), so what is taken after this is everything.
             let closed = queue.is_closed();
-            for index in 0..queue.buffers() {
-                queue.swap_out(index, &mut taken);
-                for (spans, count) in taken.batches(batch_size) {
-                    self.export(spans, count).await;
-                    queue.release(count, spans.len());
-                }
+            // Every buffer first, then batches across them: one request for a few spans from
+            // each worker, not one per worker.
+            taken.resize_with(queue.buffers(), Encoded::default);
+            for (index, buffer) in taken.iter_mut().enumerate() {
+                queue.swap_out(index, buffer);
             }
-            taken.clear();
+            for batch in batches(&taken, batch_size) {
+                self.export(&batch.runs, batch.spans).await;
+                queue.release(batch.spans, batch.bytes);
+            }
             self.log_drops();
             if closed {
                 tracing::debug!(endpoint = %self.uri, "trace exporter stopped");
@@ -551,8 +553,8 @@ impl Task {
         }
     }
 
-    /// POST `count` spans, encoded one after another in `spans`.
-    async fn export(&mut self, spans: &[u8], count: usize) {
+    /// POST `count` spans, encoded one after another in the `spans` runs.
+    async fn export(&mut self, spans: &[&[u8]], count: usize) {
         let body = self.encoder.request(spans);
         let spans = count as u64;
         let request = Request::post(self.uri.clone())

@@ -76,8 +76,8 @@ impl Encoder {
         }
     }
 
-    /// One `ExportTraceServiceRequest` holding the spans appended to `spans`.
-    pub(crate) fn request(&self, spans: &[u8]) -> bytes::Bytes {
+    /// One `ExportTraceServiceRequest` holding the spans appended to the `spans` runs, in order.
+    pub(crate) fn request(&self, spans: &[&[u8]]) -> bytes::Bytes {
         match self {
             Encoder::Protobuf(e) => e.request(spans),
             Encoder::Json(e) => e.request(spans),
@@ -91,7 +91,7 @@ impl Encoder {
         for span in spans {
             self.append_span(span, &mut out, &mut memo);
         }
-        self.request(&out)
+        self.request(&[&out])
     }
 
     pub(crate) fn protocol(&self) -> Protocol {
@@ -311,7 +311,8 @@ fn client_attributes<S: SpanSink>(a: &Attributes, sink: &mut S) {
             let port = port.unwrap_or(default_port);
             sink.str("server.address", &[address]);
             sink.int("server.port", u64::from(port));
-            if a.peer.is_none() && is_ip_literal(authority.as_str(), address) {
+            // Memoized, so the parse runs once per endpoint.
+            if a.peer.is_none() && address.parse::<IpAddr>().is_ok() {
                 sink.str("network.peer.address", &[address]);
                 sink.int("network.peer.port", u64::from(port));
             }
@@ -368,13 +369,6 @@ fn parse_port(digits: &str) -> Option<u16> {
         port = port * 10 + u32::from(b - b'0');
     }
     u16::try_from(port).ok()
-}
-
-/// Whether the host of an upstream authority (`host`, split from `authority`) is an IP
-/// address rather than a name: bracketed (IPv6), or only digits and dots (no DNS name is
-/// all-numeric: top-level domains are not). The registry validated it when it was added.
-fn is_ip_literal(authority: &str, host: &str) -> bool {
-    authority.starts_with('[') || (!host.is_empty() && host.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
 }
 
 /// Header bytes as text: as they are when UTF-8 (nearly always), else with replacements.
@@ -442,16 +436,6 @@ mod tests {
         assert_eq!(split_host_port("example.com:"), ("example.com", None));
         assert_eq!(split_host_port("a:65535"), ("a", Some(65535)));
         assert_eq!(split_host_port("a:0"), ("a", Some(0)));
-    }
-
-    #[test]
-    fn tells_ip_literals_from_names() {
-        for (authority, ip) in
-            [("10.0.0.1:80", true), ("[::1]:80", true), ("users.internal:80", false), ("x1:80", false)]
-        {
-            let (host, _) = split_host_port(authority);
-            assert_eq!(is_ip_literal(authority, host), ip, "{authority}");
-        }
     }
 
     #[test]

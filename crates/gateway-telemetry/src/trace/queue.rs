@@ -28,17 +28,6 @@ pub(crate) struct Encoded {
 }
 
 impl Encoded {
-    /// The bytes of up to `size` spans at a time, with how many spans each run holds.
-    pub(crate) fn batches(&self, size: usize) -> impl Iterator<Item = (&[u8], usize)> + '_ {
-        let size = size.max(1);
-        self.ends.chunks(size).scan(0, move |start, ends| {
-            let end = *ends.last()?;
-            let run = &self.bytes[*start..end];
-            *start = end;
-            Some((run, ends.len()))
-        })
-    }
-
     pub(crate) fn clear(&mut self) {
         self.bytes.clear();
         self.ends.clear();
@@ -54,6 +43,40 @@ impl Encoded {
 struct Shard {
     encoded: Encoded,
     memo: Memo,
+}
+
+/// Up to `size` spans of `buffers` (in order, across buffers): the runs of bytes that hold
+/// them, how many spans, and their bytes.
+pub(crate) struct Batch<'a> {
+    pub(crate) runs: Vec<&'a [u8]>,
+    pub(crate) spans: usize,
+    pub(crate) bytes: usize,
+}
+
+/// Every span of `buffers`, in batches of up to `size` (the last may be smaller).
+pub(crate) fn batches(buffers: &[Encoded], size: usize) -> Vec<Batch<'_>> {
+    let size = size.max(1);
+    let mut all = Vec::new();
+    let mut batch = Batch { runs: Vec::new(), spans: 0, bytes: 0 };
+    for buffer in buffers {
+        let mut start = 0;
+        for (i, &end) in buffer.ends.iter().enumerate() {
+            batch.spans += 1;
+            let last_of_buffer = i + 1 == buffer.ends.len();
+            if batch.spans == size || last_of_buffer {
+                batch.runs.push(&buffer.bytes[start..end]);
+                batch.bytes += end - start;
+                start = end;
+            }
+            if batch.spans == size {
+                all.push(std::mem::replace(&mut batch, Batch { runs: Vec::new(), spans: 0, bytes: 0 }));
+            }
+        }
+    }
+    if batch.spans > 0 {
+        all.push(batch);
+    }
+    all
 }
 
 pub(crate) struct SpanQueue {
@@ -113,7 +136,9 @@ impl SpanQueue {
         let shard = &self.shards[shard_of_this_thread() % self.shards.len()];
         let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
         let Shard { encoded, memo } = &mut *shard;
-        let start = encoded.bytes.len();
+        // Nothing but whole spans: what a panic left half-written goes.
+        let start = encoded.ends.last().copied().unwrap_or(0);
+        encoded.bytes.truncate(start);
         encode(&mut encoded.bytes, memo);
         encoded.ends.push(encoded.bytes.len());
         self.bytes.fetch_add(encoded.bytes.len() - start, Ordering::Relaxed);
@@ -161,16 +186,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_split_at_span_boundaries() {
-        let mut encoded = Encoded::default();
-        for span in [&b"aa"[..], b"b", b"ccc", b"", b"dd"] {
-            encoded.bytes.extend_from_slice(span);
-            encoded.ends.push(encoded.bytes.len());
-        }
-        let batches: Vec<_> = encoded.batches(2).collect();
-        assert_eq!(batches, [(&b"aab"[..], 2), (&b"ccc"[..], 2), (&b"dd"[..], 1)]);
-        assert_eq!(encoded.batches(10).collect::<Vec<_>>(), [(&b"aabcccdd"[..], 5)]);
-        encoded.clear();
-        assert_eq!(encoded.batches(2).count(), 0);
+    fn batches_split_at_span_boundaries_across_buffers() {
+        let buffer = |spans: &[&[u8]]| {
+            let mut encoded = Encoded::default();
+            for span in spans {
+                encoded.bytes.extend_from_slice(span);
+                encoded.ends.push(encoded.bytes.len());
+            }
+            encoded
+        };
+        let buffers = [buffer(&[b"aa", b"b", b"ccc"]), buffer(&[]), buffer(&[b"", b"dd"])];
+        let seen = |size| {
+            batches(&buffers, size)
+                .into_iter()
+                .map(|b| (b.runs.concat(), b.runs.len(), b.spans, b.bytes))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(seen(2), [(b"aab".to_vec(), 1, 2, 3), (b"ccc".to_vec(), 2, 2, 3), (b"dd".to_vec(), 1, 1, 2)]);
+        assert_eq!(seen(10), [(b"aabcccdd".to_vec(), 2, 5, 8)]);
+        assert_eq!(seen(1).len(), 5);
+        assert!(batches(&[Encoded::default()], 2).is_empty());
     }
 }

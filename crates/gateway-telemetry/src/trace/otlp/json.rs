@@ -9,7 +9,7 @@ use crate::json;
 use crate::trace::context::hex_into;
 use crate::trace::span::SpanRecord;
 
-/// Bytes a span takes, about.
+/// Bytes a span takes, about: room reserved before each span is written.
 const SPAN_BYTES: usize = 1024;
 const SUFFIX: &[u8] = b"]}]}]}";
 
@@ -48,13 +48,18 @@ impl Encoder {
     }
 
     /// One `ExportTraceServiceRequest` holding the spans [`append_span`](Self::append_span)
-    /// wrote one after another into `spans`.
-    pub(crate) fn request(&self, spans: &[u8]) -> Bytes {
-        // Every span comes after a comma: the first one's goes.
-        let spans = spans.strip_prefix(b",").unwrap_or(spans);
-        let mut out = Vec::with_capacity(self.prefix.len() + spans.len() + SUFFIX.len());
+    /// wrote one after another into the `spans` runs.
+    pub(crate) fn request(&self, spans: &[&[u8]]) -> Bytes {
+        let len = spans.iter().map(|run| run.len()).sum::<usize>();
+        let mut out = Vec::with_capacity(self.prefix.len() + len + SUFFIX.len());
         out.extend_from_slice(&self.prefix);
-        out.extend_from_slice(spans);
+        // Every span comes after a comma: the first one's goes.
+        let mut first = true;
+        for run in spans.iter().filter(|run| !run.is_empty()) {
+            let run = if first { run.strip_prefix(b",").unwrap_or(run) } else { run };
+            first = false;
+            out.extend_from_slice(run);
+        }
         out.extend_from_slice(SUFFIX);
         Bytes::from(out)
     }
@@ -206,7 +211,7 @@ mod tests {
         for span in spans {
             encoder.append_span(span, &mut appended, &mut Memo::default());
         }
-        let out = encoder.request(&appended);
+        let out = encoder.request(&[&appended]);
         serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
     }
 

@@ -10,6 +10,9 @@
 
 /// Slots per memo: a gateway's busy endpoints and hosts, roughly.
 const SLOTS: usize = 32;
+/// Keys longer than this are not kept (a DNS name with a port is at most 259 bytes): a
+/// client's giant `Host` must not stay in memory.
+const MAX_KEY: usize = 320;
 
 #[derive(Default)]
 pub(crate) struct Memo {
@@ -50,8 +53,12 @@ impl Memo {
         slot.holds(parts).then_some(slot.run.as_slice())
     }
 
-    /// Store `run` under the key made of `parts` (in place of what its slot held).
+    /// Store `run` under the key made of `parts` (in place of what its slot held), unless
+    /// the key is over [`MAX_KEY`].
     pub(crate) fn store(&mut self, parts: &[&[u8]], run: &[u8]) {
+        if parts.iter().map(|p| p.len()).sum::<usize>() > MAX_KEY {
+            return;
+        }
         if self.slots.is_empty() {
             self.slots.resize_with(SLOTS, Slot::default);
         }
@@ -99,6 +106,10 @@ mod tests {
         assert_eq!(memo.get(&[b"ab", b"c", b""]), None);
         memo.store(&[b"a", b"bc"], b"run 2");
         assert_eq!(memo.get(&[b"a", b"bc"]), Some(&b"run 2"[..]));
+        // A key over the bound is not kept.
+        let giant = vec![b'h'; MAX_KEY + 1];
+        memo.store(&[&giant], b"run");
+        assert_eq!(memo.get(&[&giant]), None);
         // Many keys: each found again is found with its own run (colliding ones replace).
         for i in 0..100u32 {
             let key = i.to_string();

@@ -3,15 +3,16 @@
 //! `resource/v1/resource.proto`): a few hundred bytes per span, with no code generator and
 //! no message structs to fill.
 //!
-//! A span is written into a scratch buffer, then appended with its length; the envelope
-//! (resource, scope, their lengths) goes in front of the spans last, into room left for it.
+//! A span is written in place as a `ScopeSpans.spans` field, behind two bytes kept for its
+//! length (which is known once it is written); a batch's envelope (resource, scope, their
+//! lengths) is written when the batch is sent, in front of a copy of its spans.
 
 use bytes::Bytes;
 
 use super::{describe, encode_fixed, Memo, SpanSink, SCOPE_NAME};
 use crate::trace::span::SpanRecord;
 
-/// Bytes a span takes, about: the buffer is sized once per batch.
+/// Bytes a span takes, about: room reserved before each span is written.
 const SPAN_BYTES: usize = 400;
 
 const VARINT: u8 = 0;
@@ -65,19 +66,21 @@ impl Encoder {
     }
 
     /// One `ExportTraceServiceRequest` holding the spans [`append_span`](Self::append_span)
-    /// wrote one after another into `spans`.
-    pub(crate) fn request(&self, spans: &[u8]) -> Bytes {
+    /// wrote one after another into the `spans` runs.
+    pub(crate) fn request(&self, spans: &[&[u8]]) -> Bytes {
         // ExportTraceServiceRequest { repeated ResourceSpans resource_spans = 1 }
         // ResourceSpans { Resource resource = 1; repeated ScopeSpans scope_spans = 2 }
         // ScopeSpans { InstrumentationScope scope = 1; repeated Span spans = 2 }
-        let scope_spans = self.scope.len() + spans.len();
+        let scope_spans = self.scope.len() + spans.iter().map(|run| run.len()).sum::<usize>();
         let resource_spans = self.resource.len() + 1 + varint_len(scope_spans as u64) + scope_spans;
         let mut out = Vec::with_capacity(1 + 10 + resource_spans);
         len_prefix(&mut out, 1, resource_spans);
         out.extend_from_slice(&self.resource);
         len_prefix(&mut out, 2, scope_spans);
         out.extend_from_slice(&self.scope);
-        out.extend_from_slice(spans);
+        for run in spans {
+            out.extend_from_slice(run);
+        }
         Bytes::from(out)
     }
 }
