@@ -1,17 +1,21 @@
 use std::cell::Cell;
-use std::error::Error as _;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use gateway_core::{Body, ErrorKind, GatewayError};
 use gateway_registry::{Endpoint, Scheme};
 use gateway_telemetry::{Outcome, ServiceMetrics};
+use http::header::HOST;
 use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
+use hyper::client::conn::http1::SendRequest;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::body::{BodyLimitError, RequestBody};
 
@@ -54,7 +58,8 @@ type PlainClient = Client<HttpConnector, RequestBody>;
 type TlsClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
 struct WorkerPools {
-    http1: PlainClient,
+    /// `http://` endpoints: the plain proxy's hot path.
+    http1: Http1Pool,
     h2c: PlainClient,
     /// ALPN picks HTTP/2 or HTTP/1.1 per connection.
     https: Option<TlsClient>,
@@ -80,7 +85,7 @@ impl UpstreamClient {
                     .pool_timer(TokioTimer::new())
                     .pool_idle_timeout(settings.pool_idle_timeout)
                     .pool_max_idle_per_host(settings.pool_max_idle_per_host);
-                let http1 = builder.build(connector.clone());
+                let http1 = Http1Pool::new(settings);
                 let h2c = builder.clone().http2_only(true).build(connector.clone());
                 let https = settings.tls.as_ref().map(|tls| {
                     let mut tcp = connector;
@@ -107,39 +112,32 @@ impl UpstreamClient {
         timeout: Duration,
     ) -> Result<Response<Body>, GatewayError> {
         let pools = &self.pools[worker_index() % self.pools.len()];
-        let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let uri = Uri::builder()
-            .scheme(endpoint.uri_scheme())
-            .authority(endpoint.authority().clone())
-            .path_and_query(path)
-            .build()
-            .map_err(|e| GatewayError::new(ErrorKind::BadRequest, format!("cannot build upstream uri: {e}")))?;
-        *req.uri_mut() = uri;
         let request = match (endpoint.scheme(), &pools.https) {
-            (Scheme::Http, _) => pools.http1.request(req),
+            (Scheme::Http, _) => {
+                return match tokio::time::timeout(timeout, pools.http1.send(endpoint, req)).await {
+                    Ok(result) => result.and_then(|resp| checked(resp, endpoint)),
+                    Err(_) => Err(timed_out(endpoint, timeout)),
+                };
+            }
+            // hyper-util's client takes absolute URIs.
             (Scheme::H2c, _) => {
+                *req.uri_mut() = absolute(endpoint, req.uri())?;
                 *req.version_mut() = http::Version::HTTP_2;
                 pools.h2c.request(req)
             }
-            (Scheme::Https, Some(https)) => https.request(req),
+            (Scheme::Https, Some(https)) => {
+                *req.uri_mut() = absolute(endpoint, req.uri())?;
+                https.request(req)
+            }
             (Scheme::Https, None) => {
                 return Err(GatewayError::new(ErrorKind::BadGateway, "no TLS settings for an https endpoint"));
             }
         };
         match tokio::time::timeout(timeout, request).await {
-            Ok(Ok(resp)) if has_ambiguous_framing(resp.headers()) => {
-                // Dropping the unread response also keeps its connection out of the pool.
-                Err(GatewayError::new(
-                    ErrorKind::BadGateway,
-                    format!("upstream {} sent an answer with ambiguous framing", endpoint.address()),
-                ))
-            }
-            Ok(Ok(resp)) => Ok(resp.map(Body::from)),
+            Ok(Ok(resp)) => checked(resp, endpoint),
+            Ok(Err(err)) if err.is_connect() => Err(connect_failed(endpoint)),
             Ok(Err(err)) => Err(classify(&err, endpoint)),
-            Err(_) => Err(GatewayError::new(
-                ErrorKind::GatewayTimeout,
-                format!("upstream {} did not answer within {timeout:?}", endpoint.address()),
-            )),
+            Err(_) => Err(timed_out(endpoint, timeout)),
         }
     }
 
@@ -174,10 +172,45 @@ fn has_ambiguous_framing(headers: &http::HeaderMap) -> bool {
     headers.contains_key(http::header::TRANSFER_ENCODING) || lengths.any(|other| other != first)
 }
 
-/// Turn a client error into what the caller sees: the client's own body faults are
-/// 413/408/400, a refused connection is a retryable 502, anything else a plain 502.
-fn classify(err: &hyper_util::client::legacy::Error, endpoint: &Endpoint) -> GatewayError {
-    let mut source = err.source();
+/// `uri`'s path and query at `endpoint`.
+fn absolute(endpoint: &Endpoint, uri: &Uri) -> Result<Uri, GatewayError> {
+    let path = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::builder()
+        .scheme(endpoint.uri_scheme())
+        .authority(endpoint.authority().clone())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| GatewayError::new(ErrorKind::BadRequest, format!("cannot build upstream uri: {e}")))
+}
+
+/// A response head as the caller may use it: one with ambiguous framing is refused (and
+/// dropped unread, which keeps its connection from being used again).
+fn checked(resp: Response<hyper::body::Incoming>, endpoint: &Endpoint) -> Result<Response<Body>, GatewayError> {
+    if has_ambiguous_framing(resp.headers()) {
+        return Err(GatewayError::new(
+            ErrorKind::BadGateway,
+            format!("upstream {} sent an answer with ambiguous framing", endpoint.address()),
+        ));
+    }
+    Ok(resp.map(Body::from))
+}
+
+fn timed_out(endpoint: &Endpoint, timeout: Duration) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::GatewayTimeout,
+        format!("upstream {} did not answer within {timeout:?}", endpoint.address()),
+    )
+}
+
+/// A connection that could not be made: retryable (nothing was sent).
+fn connect_failed(endpoint: &Endpoint) -> GatewayError {
+    GatewayError::new(ErrorKind::BadGateway, format!("cannot connect to upstream {}", endpoint.address())).retryable()
+}
+
+/// Turn an exchange error into what the caller sees: the client's own body faults are
+/// 413/408/400, anything else a plain 502.
+fn classify(err: &(dyn std::error::Error + 'static), endpoint: &Endpoint) -> GatewayError {
+    let mut source = Some(err);
     while let Some(e) = source {
         if let Some(limit) = e.downcast_ref::<BodyLimitError>() {
             let kind = match limit {
@@ -189,13 +222,165 @@ fn classify(err: &hyper_util::client::legacy::Error, endpoint: &Endpoint) -> Gat
         }
         source = e.source();
     }
-    if err.is_connect() {
-        return GatewayError::new(ErrorKind::BadGateway, format!("cannot connect to upstream {}", endpoint.address()))
-            .retryable();
-    }
     tracing::debug!(upstream = %endpoint, error = ?err, "upstream exchange failed");
     GatewayError::new(
         ErrorKind::BadGateway,
         format!("upstream {} reset the connection or sent an invalid response", endpoint.address()),
     )
+}
+
+/// Keep-alive HTTP/1.1 connections to `http://` endpoints, kept per endpoint (one pool per
+/// worker runtime, so a connection is driven on the thread that uses it).
+///
+/// The plain proxy's hot path. hyper-util's pool, which `h2c` and `https` endpoints still
+/// use, hashes its key byte by byte with SipHash twice per request and moves each request
+/// through several future layers: about 8,000 instructions per request more than this
+/// (load-tests/RESULTS.md). A connection goes back to its endpoint's list as soon as the
+/// response head is in; a request takes one that is ready now (its last response read to
+/// the end), skipping those still busy and dropping those closed or idle too long, or
+/// opens one.
+struct Http1Pool {
+    connections: Mutex<HashMap<Box<str>, Vec<Pooled>, BuildHasherDefault<AddressHasher>>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    /// Connections kept per endpoint, busy or idle; past this the oldest goes.
+    max_per_endpoint: usize,
+}
+
+struct Pooled {
+    sender: SendRequest<RequestBody>,
+    /// When its last response head came in.
+    since: Instant,
+}
+
+impl Http1Pool {
+    fn new(settings: &UpstreamSettings) -> Self {
+        Http1Pool {
+            connections: Mutex::default(),
+            connect_timeout: settings.connect_timeout,
+            idle_timeout: settings.pool_idle_timeout,
+            max_per_endpoint: settings.pool_max_idle_per_host,
+        }
+    }
+
+    async fn send(
+        &self,
+        endpoint: &Endpoint,
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<hyper::body::Incoming>, GatewayError> {
+        let authority = endpoint.authority();
+        if !req.headers().contains_key(HOST) {
+            // What hyper-util's client sends: the host, and the port unless it is 80.
+            let host = match authority.port_u16() {
+                Some(80) | None => authority.host(),
+                Some(_) => authority.as_str(),
+            };
+            if let Ok(value) = HeaderValue::from_str(host) {
+                req.headers_mut().insert(HOST, value);
+            }
+        }
+        let key = authority.as_str();
+        let (mut sender, reused) = match self.take_ready(key) {
+            Some(sender) => (sender, true),
+            None => (self.connect(endpoint).await?, false),
+        };
+        let response = match sender.try_send_request(req).await {
+            Ok(response) => response,
+            Err(mut failed) => match failed.take_message() {
+                // A kept connection the upstream had closed, found out before anything was
+                // sent: once more on a new connection (as hyper-util retries it).
+                Some(req) if reused => {
+                    sender = self.connect(endpoint).await?;
+                    sender.send_request(req).await.map_err(|e| classify(&e, endpoint))?
+                }
+                _ => return Err(classify(failed.error(), endpoint)),
+            },
+        };
+        // An upgraded connection belongs to the tunnel.
+        if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            self.keep(key, sender);
+        }
+        Ok(response)
+    }
+
+    /// A kept connection to `key` that can take a request now.
+    fn take_ready(&self, key: &str) -> Option<SendRequest<RequestBody>> {
+        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        let list = connections.get_mut(key)?;
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            match list[i].sender.poll_ready(&mut cx) {
+                Poll::Ready(Ok(())) if list[i].since.elapsed() <= self.idle_timeout => {
+                    return Some(list.swap_remove(i).sender);
+                }
+                // Closed, or idle for too long (the upstream may be about to close it).
+                Poll::Ready(_) => drop(list.swap_remove(i)),
+                // Still reading its last response.
+                Poll::Pending => {}
+            }
+        }
+        None
+    }
+
+    fn keep(&self, key: &str, sender: SendRequest<RequestBody>) {
+        let pooled = Pooled { sender, since: Instant::now() };
+        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        let list = match connections.get_mut(key) {
+            Some(list) => list,
+            None => connections.entry(key.into()).or_default(),
+        };
+        if list.len() >= self.max_per_endpoint {
+            if self.max_per_endpoint == 0 {
+                return;
+            }
+            list.remove(0);
+        }
+        list.push(pooled);
+    }
+
+    async fn connect(&self, endpoint: &Endpoint) -> Result<SendRequest<RequestBody>, GatewayError> {
+        let address = endpoint.authority().as_str();
+        let tcp = match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(address)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => {
+                tracing::debug!(upstream = %endpoint, error = %e, "connect failed");
+                return Err(connect_failed(endpoint));
+            }
+            Err(_) => return Err(connect_failed(endpoint)),
+        };
+        let _ = tcp.set_nodelay(true);
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|_| connect_failed(endpoint))?;
+        let upstream = endpoint.address().to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(upstream, error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// FxHash-style hashing of the endpoint addresses that key the pool: a few multiplies, not
+/// SipHash (the keys come from the configuration and the registry, not from clients).
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        let tail = chunks.remainder().iter().fold(0u64, |word, &b| (word << 8) | u64::from(b));
+        self.0 = (self.0.rotate_left(5) ^ tail).wrapping_mul(K);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }

@@ -229,3 +229,102 @@ async fn grpc_callers_get_the_grpc_error_form() {
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("grpc-status"), Some("5"));
 }
+
+/// An HTTP/1.1 upstream on raw sockets that counts the connections it accepted. It answers
+/// `ok` to every request; `/hold` gets a chunked head and one chunk, and the rest never
+/// comes. With `close_after_each`, it closes every connection after its first answer,
+/// without saying so (as an upstream whose keep-alive timeout just ran out).
+async fn counting_upstream(
+    close_after_each: bool,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    if head.starts_with("GET /hold ") {
+                        let _ =
+                            stream.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\nx\r\n").await;
+                        std::future::pending::<()>().await;
+                    }
+                    if stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
+                        return;
+                    }
+                    if close_after_each {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// A gateway routing everything to a [`counting_upstream`], and that upstream's count.
+async fn gateway_to_counting_upstream(
+    close_after_each: bool,
+) -> (TestGateway, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let (addr, accepted) = counting_upstream(close_after_each).await;
+    let config = format!("[services.raw]\nendpoints = [\"http://{addr}\"]\n[[routes]]\nname = \"raw\"\npath_prefix = \"/\"\nservice = \"raw\"\n");
+    (TestGateway::start(&config).await, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_and_reused() {
+    let (gw, accepted) = gateway_to_counting_upstream(false).await;
+    for _ in 0..20 {
+        let resp = gw.get("/a").await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body.as_ref(), b"ok");
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "20 requests, one upstream connection");
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_upstream_closed_costs_no_request() {
+    let (gw, accepted) = gateway_to_counting_upstream(true).await;
+    for i in 0..20 {
+        let resp = gw.get("/a").await;
+        assert_eq!(resp.status, 200, "request {i}: {:?}", resp.body);
+        // Half the time the gateway has already seen the close when the next request comes.
+        if i % 2 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 20);
+}
+
+#[tokio::test]
+async fn a_request_never_waits_behind_a_response_still_streaming() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gw, accepted) = gateway_to_counting_upstream(false).await;
+    // The first connection is kept and idle after this.
+    assert_eq!(gw.get("/a").await.status, 200);
+    // A response that never ends takes it...
+    let mut held = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    held.write_all(b"GET /hold HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+    let mut head = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), held.read(&mut head)).await.unwrap().unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+    // ...and the next request gets a connection of its own at once.
+    let resp = tokio::time::timeout(Duration::from_secs(2), gw.get("/b")).await.expect("not held up");
+    assert_eq!(resp.status, 200);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
