@@ -12,6 +12,7 @@ use http::header::HOST;
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response};
 use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::http2;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -54,13 +55,13 @@ impl Default for UpstreamSettings {
     }
 }
 
-type PlainClient = Client<HttpConnector, RequestBody>;
 type TlsClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
 struct WorkerPools {
     /// `http://` endpoints: the plain proxy's hot path.
     http1: Http1Pool,
-    h2c: PlainClient,
+    /// `h2c://` endpoints (gRPC, most often).
+    h2c: Http2Pool,
     /// ALPN picks HTTP/2 or HTTP/1.1 per connection.
     https: Option<TlsClient>,
 }
@@ -86,7 +87,7 @@ impl UpstreamClient {
                     .pool_idle_timeout(settings.pool_idle_timeout)
                     .pool_max_idle_per_host(settings.pool_max_idle_per_host);
                 let http1 = Http1Pool::new(settings);
-                let h2c = builder.clone().http2_only(true).build(connector.clone());
+                let h2c = Http2Pool::new(settings);
                 let https = settings.tls.as_ref().map(|tls| {
                     let mut tcp = connector;
                     tcp.enforce_http(false);
@@ -119,12 +120,16 @@ impl UpstreamClient {
                     Err(_) => Err(timed_out(endpoint, timeout)),
                 };
             }
-            // hyper-util's client takes absolute URIs.
             (Scheme::H2c, _) => {
+                // HTTP/2 sends the scheme and authority as pseudo-headers: an absolute URI.
                 *req.uri_mut() = absolute(endpoint, req.uri())?;
                 *req.version_mut() = http::Version::HTTP_2;
-                pools.h2c.request(req)
+                return match tokio::time::timeout(timeout, pools.h2c.send(endpoint, req)).await {
+                    Ok(result) => result.and_then(|resp| checked(resp, endpoint)),
+                    Err(_) => Err(timed_out(endpoint, timeout)),
+                };
             }
+            // hyper-util's client takes absolute URIs.
             (Scheme::Https, Some(https)) => {
                 *req.uri_mut() = absolute(endpoint, req.uri())?;
                 https.request(req)
@@ -341,16 +346,7 @@ impl Http1Pool {
     }
 
     async fn connect(&self, endpoint: &Endpoint) -> Result<SendRequest<RequestBody>, GatewayError> {
-        let address = endpoint.authority().as_str();
-        let tcp = match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(address)).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => {
-                tracing::debug!(upstream = %endpoint, error = %e, "connect failed");
-                return Err(connect_failed(endpoint));
-            }
-            Err(_) => return Err(connect_failed(endpoint)),
-        };
-        let _ = tcp.set_nodelay(true);
+        let tcp = connect_tcp(endpoint, self.connect_timeout).await?;
         let (sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|_| connect_failed(endpoint))?;
         let upstream = endpoint.address().to_owned();
@@ -360,6 +356,96 @@ impl Http1Pool {
             }
         });
         Ok(sender)
+    }
+}
+
+/// One HTTP/2 connection per `h2c://` endpoint (one pool per worker runtime), shared by
+/// every request to it, replaced when it closes; while it is being made, the other requests
+/// to that endpoint wait for it rather than each opening their own. Like [`Http1Pool`], it
+/// spares the hot path hyper-util's pool.
+struct Http2Pool {
+    connections: Mutex<HashMap<Box<str>, Arc<Http2Slot>, BuildHasherDefault<AddressHasher>>>,
+    connect_timeout: Duration,
+}
+
+/// An endpoint's connection, if any; the lock is held while one is made.
+type Http2Slot = tokio::sync::Mutex<Option<http2::SendRequest<RequestBody>>>;
+
+impl Http2Pool {
+    fn new(settings: &UpstreamSettings) -> Self {
+        Http2Pool { connections: Mutex::default(), connect_timeout: settings.connect_timeout }
+    }
+
+    async fn send(
+        &self,
+        endpoint: &Endpoint,
+        req: Request<RequestBody>,
+    ) -> Result<Response<hyper::body::Incoming>, GatewayError> {
+        let slot = {
+            let key = endpoint.authority().as_str();
+            let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+            match connections.get(key) {
+                Some(slot) => slot.clone(),
+                None => connections.entry(key.into()).or_default().clone(),
+            }
+        };
+        let (mut sender, reused) = self.sender(endpoint, &slot, None).await?;
+        match sender.try_send_request(req).await {
+            Ok(response) => Ok(response),
+            Err(mut failed) => match failed.take_message() {
+                // The kept connection closed (a GOAWAY, say) before the stream was sent: once
+                // more on a new one.
+                Some(req) if reused => {
+                    let (mut sender, _) = self.sender(endpoint, &slot, Some(&sender)).await?;
+                    sender.send_request(req).await.map_err(|e| classify(&e, endpoint))
+                }
+                _ => Err(classify(failed.error(), endpoint)),
+            },
+        }
+    }
+
+    /// The endpoint's open connection (and `true`), or a new one made now; `failed` is a
+    /// connection just seen failing, which is replaced even if it does not know it yet.
+    async fn sender(
+        &self,
+        endpoint: &Endpoint,
+        slot: &Http2Slot,
+        failed: Option<&http2::SendRequest<RequestBody>>,
+    ) -> Result<(http2::SendRequest<RequestBody>, bool), GatewayError> {
+        let mut kept = slot.lock().await;
+        if let Some(sender) = kept.as_ref().filter(|s| !s.is_closed() && failed.is_none()) {
+            return Ok((sender.clone(), true));
+        }
+        let tcp = connect_tcp(endpoint, self.connect_timeout).await?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|_| connect_failed(endpoint))?;
+        let upstream = endpoint.address().to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(upstream, error = %e, "upstream connection ended");
+            }
+        });
+        *kept = Some(sender.clone());
+        Ok((sender, false))
+    }
+}
+
+/// A TCP connection to `endpoint` (its name resolved), within `timeout`, without Nagle.
+async fn connect_tcp(endpoint: &Endpoint, timeout: Duration) -> Result<tokio::net::TcpStream, GatewayError> {
+    let address = endpoint.authority().as_str();
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
+        Ok(Ok(tcp)) => {
+            let _ = tcp.set_nodelay(true);
+            Ok(tcp)
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(upstream = %endpoint, error = %e, "connect failed");
+            Err(connect_failed(endpoint))
+        }
+        Err(_) => Err(connect_failed(endpoint)),
     }
 }
 

@@ -328,3 +328,57 @@ async fn a_request_never_waits_behind_a_response_still_streaming() {
     assert_eq!(resp.status, 200);
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+/// An h2c upstream that counts the connections it accepted and answers `ok`; `kill` closes
+/// every connection open at that time.
+async fn counting_h2c_upstream(
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>, tokio::sync::watch::Sender<u32>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let (kill, killed) = tokio::sync::watch::channel(0u32);
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut killed = killed.clone();
+            killed.mark_unchanged();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = killed.changed() => {}
+                }
+            });
+        }
+    });
+    (addr, accepted, kill)
+}
+
+#[tokio::test]
+async fn an_h2c_upstream_connection_is_shared_and_replaced_when_it_dies() {
+    use std::sync::atomic::Ordering;
+    let (addr, accepted, kill) = counting_h2c_upstream().await;
+    let config = format!("[services.h2]\nendpoints = [\"h2c://{addr}\"]\n[[routes]]\nname = \"h2\"\npath_prefix = \"/\"\nservice = \"h2\"\n");
+    let gw = TestGateway::start(&config).await;
+    let addr_gw = gw.addr;
+    let gets: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(async move { gateway_tests::send(addr_gw, gateway_tests::get_with("/a", &[])).await }))
+        .collect();
+    for get in gets {
+        let resp = get.await.unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body.as_ref(), b"ok");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "ten requests, one HTTP/2 connection");
+    // The upstream drops its connections: the next request gets a new one, not an error.
+    kill.send_modify(|n| *n += 1);
+    assert!(gateway_tests::eventually(async || gw.get("/b").await.status == 200).await);
+    assert_eq!(gw.get("/c").await.status, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "one new connection, shared again");
+}
