@@ -1,24 +1,19 @@
 use std::cell::Cell;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gateway_core::{Body, ErrorKind, GatewayError};
 use gateway_registry::{Endpoint, Scheme};
 use gateway_telemetry::{Outcome, ServiceMetrics};
-use http::header::HOST;
 use http::uri::{PathAndQuery, Uri};
-use http::{HeaderValue, Request, Response};
-use hyper::client::conn::http1::SendRequest;
-use hyper::client::conn::http2;
+use http::{Request, Response};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{BodyLimitError, RequestBody};
+use crate::pool::{connect_failed, Http1Pool, Http2Pool};
 
 thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(0) };
@@ -86,8 +81,12 @@ impl UpstreamClient {
                     .pool_timer(TokioTimer::new())
                     .pool_idle_timeout(settings.pool_idle_timeout)
                     .pool_max_idle_per_host(settings.pool_max_idle_per_host);
-                let http1 = Http1Pool::new(settings);
-                let h2c = Http2Pool::new(settings);
+                let http1 = Http1Pool::new(
+                    settings.connect_timeout,
+                    settings.pool_idle_timeout,
+                    settings.pool_max_idle_per_host,
+                );
+                let h2c = Http2Pool::new(settings.connect_timeout, settings.pool_idle_timeout);
                 let https = settings.tls.as_ref().map(|tls| {
                     let mut tcp = connector;
                     tcp.enforce_http(false);
@@ -171,7 +170,7 @@ impl UpstreamClient {
 
 /// Both `content-length` and `transfer-encoding`, or several different lengths: the
 /// upstream and the gateway may disagree on where the answer ends.
-fn has_ambiguous_framing(headers: &http::HeaderMap) -> bool {
+pub(crate) fn has_ambiguous_framing(headers: &http::HeaderMap) -> bool {
     let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
     let Some(first) = lengths.next() else { return false };
     headers.contains_key(http::header::TRANSFER_ENCODING) || lengths.any(|other| other != first)
@@ -207,14 +206,9 @@ fn timed_out(endpoint: &Endpoint, timeout: Duration) -> GatewayError {
     )
 }
 
-/// A connection that could not be made: retryable (nothing was sent).
-fn connect_failed(endpoint: &Endpoint) -> GatewayError {
-    GatewayError::new(ErrorKind::BadGateway, format!("cannot connect to upstream {}", endpoint.address())).retryable()
-}
-
 /// Turn an exchange error into what the caller sees: the client's own body faults are
 /// 413/408/400, anything else a plain 502.
-fn classify(err: &(dyn std::error::Error + 'static), endpoint: &Endpoint) -> GatewayError {
+pub(crate) fn classify(err: &(dyn std::error::Error + 'static), endpoint: &Endpoint) -> GatewayError {
     let mut source = Some(err);
     while let Some(e) = source {
         if let Some(limit) = e.downcast_ref::<BodyLimitError>() {
@@ -232,241 +226,4 @@ fn classify(err: &(dyn std::error::Error + 'static), endpoint: &Endpoint) -> Gat
         ErrorKind::BadGateway,
         format!("upstream {} reset the connection or sent an invalid response", endpoint.address()),
     )
-}
-
-/// Keep-alive HTTP/1.1 connections to `http://` endpoints, kept per endpoint (one pool per
-/// worker runtime, so a connection is driven on the thread that uses it).
-///
-/// The plain proxy's hot path. hyper-util's pool, which `h2c` and `https` endpoints still
-/// use, hashes its key byte by byte with SipHash twice per request and moves each request
-/// through several future layers: about 8,000 instructions per request more than this
-/// (load-tests/RESULTS.md). A connection goes back to its endpoint's list as soon as the
-/// response head is in; a request takes one that is ready now (its last response read to
-/// the end), skipping those still busy and dropping those closed or idle too long, or
-/// opens one.
-struct Http1Pool {
-    connections: Mutex<HashMap<Box<str>, Vec<Pooled>, BuildHasherDefault<AddressHasher>>>,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-    /// Connections kept per endpoint, busy or idle; past this the oldest goes.
-    max_per_endpoint: usize,
-}
-
-struct Pooled {
-    sender: SendRequest<RequestBody>,
-    /// When its last response head came in.
-    since: Instant,
-}
-
-impl Http1Pool {
-    fn new(settings: &UpstreamSettings) -> Self {
-        Http1Pool {
-            connections: Mutex::default(),
-            connect_timeout: settings.connect_timeout,
-            idle_timeout: settings.pool_idle_timeout,
-            max_per_endpoint: settings.pool_max_idle_per_host,
-        }
-    }
-
-    async fn send(
-        &self,
-        endpoint: &Endpoint,
-        mut req: Request<RequestBody>,
-    ) -> Result<Response<hyper::body::Incoming>, GatewayError> {
-        let authority = endpoint.authority();
-        if !req.headers().contains_key(HOST) {
-            // What hyper-util's client sends: the host, and the port unless it is 80.
-            let host = match authority.port_u16() {
-                Some(80) | None => authority.host(),
-                Some(_) => authority.as_str(),
-            };
-            if let Ok(value) = HeaderValue::from_str(host) {
-                req.headers_mut().insert(HOST, value);
-            }
-        }
-        let key = authority.as_str();
-        let (mut sender, reused) = match self.take_ready(key) {
-            Some(sender) => (sender, true),
-            None => (self.connect(endpoint).await?, false),
-        };
-        let response = match sender.try_send_request(req).await {
-            Ok(response) => response,
-            Err(mut failed) => match failed.take_message() {
-                // A kept connection the upstream had closed, found out before anything was
-                // sent: once more on a new connection (as hyper-util retries it).
-                Some(req) if reused => {
-                    sender = self.connect(endpoint).await?;
-                    sender.send_request(req).await.map_err(|e| classify(&e, endpoint))?
-                }
-                _ => return Err(classify(failed.error(), endpoint)),
-            },
-        };
-        // An upgraded connection belongs to the tunnel.
-        if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-            self.keep(key, sender);
-        }
-        Ok(response)
-    }
-
-    /// A kept connection to `key` that can take a request now.
-    fn take_ready(&self, key: &str) -> Option<SendRequest<RequestBody>> {
-        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        let list = connections.get_mut(key)?;
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut i = list.len();
-        while i > 0 {
-            i -= 1;
-            match list[i].sender.poll_ready(&mut cx) {
-                Poll::Ready(Ok(())) if list[i].since.elapsed() <= self.idle_timeout => {
-                    return Some(list.swap_remove(i).sender);
-                }
-                // Closed, or idle for too long (the upstream may be about to close it).
-                Poll::Ready(_) => drop(list.swap_remove(i)),
-                // Still reading its last response.
-                Poll::Pending => {}
-            }
-        }
-        None
-    }
-
-    fn keep(&self, key: &str, sender: SendRequest<RequestBody>) {
-        let pooled = Pooled { sender, since: Instant::now() };
-        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        let list = match connections.get_mut(key) {
-            Some(list) => list,
-            None => connections.entry(key.into()).or_default(),
-        };
-        if list.len() >= self.max_per_endpoint {
-            if self.max_per_endpoint == 0 {
-                return;
-            }
-            list.remove(0);
-        }
-        list.push(pooled);
-    }
-
-    async fn connect(&self, endpoint: &Endpoint) -> Result<SendRequest<RequestBody>, GatewayError> {
-        let tcp = connect_tcp(endpoint, self.connect_timeout).await?;
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|_| connect_failed(endpoint))?;
-        let upstream = endpoint.address().to_owned();
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(upstream, error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
-    }
-}
-
-/// One HTTP/2 connection per `h2c://` endpoint (one pool per worker runtime), shared by
-/// every request to it, replaced when it closes; while it is being made, the other requests
-/// to that endpoint wait for it rather than each opening their own. Like [`Http1Pool`], it
-/// spares the hot path hyper-util's pool.
-struct Http2Pool {
-    connections: Mutex<HashMap<Box<str>, Arc<Http2Slot>, BuildHasherDefault<AddressHasher>>>,
-    connect_timeout: Duration,
-}
-
-/// An endpoint's connection, if any; the lock is held while one is made.
-type Http2Slot = tokio::sync::Mutex<Option<http2::SendRequest<RequestBody>>>;
-
-impl Http2Pool {
-    fn new(settings: &UpstreamSettings) -> Self {
-        Http2Pool { connections: Mutex::default(), connect_timeout: settings.connect_timeout }
-    }
-
-    async fn send(
-        &self,
-        endpoint: &Endpoint,
-        req: Request<RequestBody>,
-    ) -> Result<Response<hyper::body::Incoming>, GatewayError> {
-        let slot = {
-            let key = endpoint.authority().as_str();
-            let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-            match connections.get(key) {
-                Some(slot) => slot.clone(),
-                None => connections.entry(key.into()).or_default().clone(),
-            }
-        };
-        let (mut sender, reused) = self.sender(endpoint, &slot, None).await?;
-        match sender.try_send_request(req).await {
-            Ok(response) => Ok(response),
-            Err(mut failed) => match failed.take_message() {
-                // The kept connection closed (a GOAWAY, say) before the stream was sent: once
-                // more on a new one.
-                Some(req) if reused => {
-                    let (mut sender, _) = self.sender(endpoint, &slot, Some(&sender)).await?;
-                    sender.send_request(req).await.map_err(|e| classify(&e, endpoint))
-                }
-                _ => Err(classify(failed.error(), endpoint)),
-            },
-        }
-    }
-
-    /// The endpoint's open connection (and `true`), or a new one made now; `failed` is a
-    /// connection just seen failing, which is replaced even if it does not know it yet.
-    async fn sender(
-        &self,
-        endpoint: &Endpoint,
-        slot: &Http2Slot,
-        failed: Option<&http2::SendRequest<RequestBody>>,
-    ) -> Result<(http2::SendRequest<RequestBody>, bool), GatewayError> {
-        let mut kept = slot.lock().await;
-        if let Some(sender) = kept.as_ref().filter(|s| !s.is_closed() && failed.is_none()) {
-            return Ok((sender.clone(), true));
-        }
-        let tcp = connect_tcp(endpoint, self.connect_timeout).await?;
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|_| connect_failed(endpoint))?;
-        let upstream = endpoint.address().to_owned();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(upstream, error = %e, "upstream connection ended");
-            }
-        });
-        *kept = Some(sender.clone());
-        Ok((sender, false))
-    }
-}
-
-/// A TCP connection to `endpoint` (its name resolved), within `timeout`, without Nagle.
-async fn connect_tcp(endpoint: &Endpoint, timeout: Duration) -> Result<tokio::net::TcpStream, GatewayError> {
-    let address = endpoint.authority().as_str();
-    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
-        Ok(Ok(tcp)) => {
-            let _ = tcp.set_nodelay(true);
-            Ok(tcp)
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(upstream = %endpoint, error = %e, "connect failed");
-            Err(connect_failed(endpoint))
-        }
-        Err(_) => Err(connect_failed(endpoint)),
-    }
-}
-
-/// FxHash-style hashing of the endpoint addresses that key the pool: a few multiplies, not
-/// SipHash (the keys come from the configuration and the registry, not from clients).
-#[derive(Default)]
-struct AddressHasher(u64);
-
-impl Hasher for AddressHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
-            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
-        }
-        let tail = chunks.remainder().iter().fold(0u64, |word, &b| (word << 8) | u64::from(b));
-        self.0 = (self.0.rotate_left(5) ^ tail).wrapping_mul(K);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }

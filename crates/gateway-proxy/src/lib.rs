@@ -1,7 +1,8 @@
 //! `gateway-proxy`: sending a routed request to an upstream endpoint and its answer back.
 //!
 //! - [`UpstreamClient`]: keep-alive pools per service (one per worker runtime, so a
-//!   connection is driven by the thread that uses it): HTTP/1.1, h2c, or TLS with ALPN.
+//!   connection is driven by the thread that uses it): HTTP/1.1 and h2c in pools of our own
+//!   (`pool`), TLS with ALPN through hyper-util's client.
 //! - [`RequestBody`]: the client's body streamed upstream, never buffered, cut off with
 //!   413 past `max_body_bytes` and 408 when it stalls past `body_read_timeout`.
 //! - [`headers`]: hop-by-hop hygiene and the `x-forwarded-*` family.
@@ -22,6 +23,7 @@ mod client;
 mod client_addr;
 pub mod grpc;
 pub mod headers;
+mod pool;
 #[cfg(test)]
 mod props;
 mod tls;

@@ -329,6 +329,19 @@ async fn a_request_never_waits_behind_a_response_still_streaming() {
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
+/// `n` GETs of `/a` through `gw` at once; their answers.
+async fn concurrent_gets(gw: &TestGateway, n: usize) -> Vec<gateway_tests::Answer> {
+    let addr = gw.addr;
+    let calls: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(async move { gateway_tests::send(addr, gateway_tests::get_with("/a", &[])).await }))
+        .collect();
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.unwrap());
+    }
+    answers
+}
+
 /// An h2c upstream that counts the connections it accepted and answers `ok`; `kill` closes
 /// every connection open at that time.
 async fn counting_h2c_upstream(
@@ -366,12 +379,7 @@ async fn an_h2c_upstream_connection_is_shared_and_replaced_when_it_dies() {
     let (addr, accepted, kill) = counting_h2c_upstream().await;
     let config = format!("[services.h2]\nendpoints = [\"h2c://{addr}\"]\n[[routes]]\nname = \"h2\"\npath_prefix = \"/\"\nservice = \"h2\"\n");
     let gw = TestGateway::start(&config).await;
-    let addr_gw = gw.addr;
-    let gets: Vec<_> = (0..10)
-        .map(|_| tokio::spawn(async move { gateway_tests::send(addr_gw, gateway_tests::get_with("/a", &[])).await }))
-        .collect();
-    for get in gets {
-        let resp = get.await.unwrap();
+    for resp in concurrent_gets(&gw, 10).await {
         assert_eq!(resp.status, 200);
         assert_eq!(resp.body.as_ref(), b"ok");
     }
@@ -381,4 +389,38 @@ async fn an_h2c_upstream_connection_is_shared_and_replaced_when_it_dies() {
     assert!(gateway_tests::eventually(async || gw.get("/b").await.status == 200).await);
     assert_eq!(gw.get("/c").await.status, 200);
     assert_eq!(accepted.load(Ordering::SeqCst), 2, "one new connection, shared again");
+}
+
+/// A listener whose accept queue is full: a new connection to it neither completes nor is
+/// refused (the kernel drops the SYN), as with an endpoint that vanished from the network.
+async fn unanswering_listener() -> (std::net::SocketAddr, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fill = Vec::new();
+    // Never accepted: these fill the queue (its size is the backlog plus one).
+    while let Ok(Ok(stream)) =
+        tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await
+    {
+        fill.push(stream);
+    }
+    std::mem::forget(listener);
+    (addr, fill)
+}
+
+#[tokio::test]
+async fn requests_to_an_h2c_endpoint_that_cannot_be_reached_fail_together_not_in_turn() {
+    let (addr, _fill) = unanswering_listener().await;
+    let config = format!(
+        "[services.gone]\nendpoints = [\"h2c://{addr}\"]\nconnect_timeout = \"300ms\"\ntimeout = \"5s\"\n[[routes]]\nname = \"gone\"\npath_prefix = \"/\"\nservice = \"gone\"\n"
+    );
+    let gw = TestGateway::start(&config).await;
+    let started = std::time::Instant::now();
+    for resp in concurrent_gets(&gw, 5).await {
+        assert_eq!(resp.status, 502, "{:?}", resp.body);
+    }
+    // One connect attempt's 300 ms for all five, not 300 ms each in turn.
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(900), "took {took:?}");
 }
