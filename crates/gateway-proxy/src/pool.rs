@@ -88,15 +88,17 @@ impl Http1Pool {
         }
         let shared = &self.shared;
         let key = authority.as_str();
+        // Connecting is boxed: its futures (name resolution, timeouts) would otherwise make
+        // every request's future larger, and it is moved several times per request.
         let (mut sender, reused) = match shared.take_ready(key) {
             Some(sender) => (sender, true),
-            None => (shared.connect(endpoint).await?, false),
+            None => (Box::pin(shared.connect(endpoint)).await?, false),
         };
         let response = match sender.try_send_request(req).await {
             Ok(response) => response,
             Err(mut failed) => match failed.take_message() {
                 Some(req) if reused => {
-                    sender = shared.connect(endpoint).await?;
+                    sender = Box::pin(shared.connect(endpoint)).await?;
                     sender.send_request(req).await.map_err(|e| classify(&e, endpoint))?
                 }
                 _ => return Err(classify(failed.error(), endpoint)),
@@ -225,7 +227,7 @@ impl Http2Pool {
             Err(mut failed) => match failed.take_message() {
                 // The kept connection closed (a GOAWAY, say) before the stream was sent.
                 Some(req) if reused => {
-                    let (_, mut sender, _) = self.shared.connection(endpoint, &slot, Some(id)).await?;
+                    let (_, mut sender, _) = Box::pin(self.shared.connection(endpoint, &slot, Some(id))).await?;
                     sender.send_request(req).await.map_err(|e| classify(&e, endpoint))
                 }
                 _ => Err(classify(failed.error(), endpoint)),
@@ -257,7 +259,8 @@ impl Http2Shared {
             return Err(connect_failed(endpoint));
         }
         slot.connection = None;
-        match self.connect(endpoint).await {
+        // Boxed, as in `Http1Pool::send`.
+        match Box::pin(self.connect(endpoint)).await {
             Ok(sender) => {
                 slot.made += 1;
                 slot.connection = Some((slot.made, sender.clone()));
