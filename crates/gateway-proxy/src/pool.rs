@@ -166,12 +166,7 @@ impl Http1Shared {
     async fn connect(&self, endpoint: &Endpoint) -> Result<http1::SendRequest<RequestBody>, GatewayError> {
         let tcp = connect_tcp(endpoint, self.connect_timeout).await?;
         let (sender, connection) = http1::handshake(TokioIo::new(tcp)).await.map_err(|_| connect_failed(endpoint))?;
-        let upstream = endpoint.address().to_owned();
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(upstream, error = %e, "upstream connection ended");
-            }
-        });
+        drive(endpoint, connection.with_upgrades());
         Ok(sender)
     }
 }
@@ -285,12 +280,7 @@ impl Http2Shared {
             .handshake(TokioIo::new(tcp))
             .await
             .map_err(|_| connect_failed(endpoint))?;
-        let upstream = endpoint.address().to_owned();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(upstream, error = %e, "upstream connection ended");
-            }
-        });
+        drive(endpoint, connection);
         Ok(sender)
     }
 
@@ -309,6 +299,16 @@ impl Http2Shared {
             live || slot.failed_at.is_some_and(|at| at.elapsed() < self.connect_timeout)
         });
     }
+}
+
+/// Run a new connection's task on this worker until the connection ends.
+fn drive(endpoint: &Endpoint, connection: impl std::future::Future<Output = hyper::Result<()>> + Send + 'static) {
+    let upstream = endpoint.address().to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(upstream, error = %e, "upstream connection ended");
+        }
+    });
 }
 
 /// Sweep `pool` every so often (a quarter of the idle timeout, 1 s to 30 s) until it is gone.

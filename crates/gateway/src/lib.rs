@@ -316,11 +316,7 @@ impl Control {
         );
         *self.hash.lock().unwrap_or_else(|e| e.into_inner()) = Some(loaded.hash);
         self.shared.metrics.reload(true);
-        self.admin.set_config_status(ConfigStatus {
-            version,
-            loaded_at: gateway_core::Rfc3339::now().to_string(),
-            last_error: None,
-        });
+        self.admin.set_config_status(loaded_now(version));
         tracing::info!(event = "reload", result = "ok", version, "configuration reloaded");
         Ok(Some(version))
     }
@@ -336,6 +332,11 @@ pub struct GatewayHandle {
     workers: Vec<std::thread::JoinHandle<()>>,
     admin_task: tokio::task::JoinHandle<()>,
     _watchers: Vec<gateway_config::ConfigWatcher>,
+}
+
+/// The admin API's status of configuration `version`, loaded now.
+fn loaded_now(version: u64) -> ConfigStatus {
+    ConfigStatus { version, loaded_at: gateway_core::Rfc3339::now().to_string(), last_error: None }
 }
 
 /// Load `config_path`, bind the listeners, start the workers and the admin listener,
@@ -393,11 +394,7 @@ pub async fn start(config_path: &Path) -> Result<GatewayHandle, StartError> {
     let control = Arc::new_cyclic(|weak| {
         let view = admin::AdminView { shared: shared.clone(), control: weak.clone() };
         let admin = AdminState::new(metrics, Arc::new(view), admin_token);
-        admin.set_config_status(ConfigStatus {
-            version: 1,
-            loaded_at: gateway_core::Rfc3339::now().to_string(),
-            last_error: None,
-        });
+        admin.set_config_status(loaded_now(1));
         Control {
             shared: shared.clone(),
             admin,

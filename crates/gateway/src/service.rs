@@ -117,7 +117,7 @@ pub async fn handle(
             path: uri.path(),
             upstream: upstream.as_deref().map(EndpointState::address),
             error: error_code,
-            trace_id: Some(trace_id),
+            trace_id,
             elapsed,
         };
         access_log(&entry, &response);
@@ -732,7 +732,7 @@ struct AccessEntry<'a> {
     upstream: Option<&'a str>,
     /// The error code when the gateway answered itself.
     error: Option<&'static str>,
-    trace_id: Option<[u8; 16]>,
+    trace_id: [u8; 16],
     elapsed: std::time::Duration,
 }
 
@@ -756,7 +756,7 @@ fn access_log(entry: &AccessEntry<'_>, response: &Response<Body>) {
         duration: entry.elapsed,
         bytes,
         error: entry.error,
-        trace_id: entry.trace_id,
+        trace_id: Some(entry.trace_id),
     };
     crate::access_log::write(|out| line.write_json(out));
 }

@@ -333,13 +333,16 @@ fn settings_are_validated() {
     assert!(!tracer.is_configured_as(None, "gw", 0.25, Protocol::Protobuf));
 }
 
+/// The URL of a collector that is down: a loopback port nothing listens on any more.
+fn down_collector() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    format!("http://{}", listener.local_addr().expect("addr"))
+}
+
 #[tokio::test]
 async fn a_collector_that_is_down_costs_nothing_and_the_queue_stays_bounded() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").port()
-    };
-    let tracer = Tracer::builder(&format!("http://127.0.0.1:{port}"), "gw-test")
+    let down = down_collector();
+    let tracer = Tracer::builder(&down, "gw-test")
         .export_timeout(Duration::from_millis(500))
         .flush_interval(Duration::from_millis(20))
         .build()
@@ -397,11 +400,8 @@ async fn a_collector_that_is_down_costs_nothing_and_the_queue_stays_bounded() {
 /// never makes the gateway hold more than about 2 KiB per span of capacity.
 #[tokio::test]
 async fn long_spans_are_bounded_by_bytes_too() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").port()
-    };
-    let tracer = Tracer::builder(&format!("http://127.0.0.1:{port}"), "gw-test")
+    let down = down_collector();
+    let tracer = Tracer::builder(&down, "gw-test")
         .queue_capacity(16)
         .export_timeout(Duration::from_millis(500))
         .flush_interval(Duration::from_millis(20))
@@ -451,11 +451,8 @@ async fn dropping_the_tracer_flushes_and_stops_the_exporter() {
 
 #[tokio::test]
 async fn dropping_the_tracer_stops_the_exporter_when_the_collector_is_down() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").port()
-    };
-    let mut tracer = Tracer::new(&format!("http://127.0.0.1:{port}"), "gw", 1.0).expect("tracer");
+    let down = down_collector();
+    let mut tracer = Tracer::new(&down, "gw", 1.0).expect("tracer");
     let task = tracer.take_task().expect("exporter task");
     for _ in 0..1000 {
         tracer.finish(tracer.server_span(None).start());

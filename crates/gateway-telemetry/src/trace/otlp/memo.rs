@@ -44,12 +44,17 @@ impl Slot {
 }
 
 impl Memo {
-    /// The run stored under the key made of `parts`, or `None`.
-    pub(crate) fn get(&mut self, parts: &[&[u8]]) -> Option<&[u8]> {
+    /// The slots, made on first use (a buffer no span is written to needs none).
+    fn slots(&mut self) -> &mut [Slot] {
         if self.slots.is_empty() {
             self.slots.resize_with(SLOTS, Slot::default);
         }
-        let slot = &self.slots[slot_of(parts)];
+        &mut self.slots
+    }
+
+    /// The run stored under the key made of `parts`, or `None`.
+    pub(crate) fn get(&mut self, parts: &[&[u8]]) -> Option<&[u8]> {
+        let slot = &self.slots()[slot_of(parts)];
         slot.holds(parts).then_some(slot.run.as_slice())
     }
 
@@ -59,10 +64,7 @@ impl Memo {
         if parts.iter().map(|p| p.len()).sum::<usize>() > MAX_KEY {
             return;
         }
-        if self.slots.is_empty() {
-            self.slots.resize_with(SLOTS, Slot::default);
-        }
-        let slot = &mut self.slots[slot_of(parts)];
+        let slot = &mut self.slots()[slot_of(parts)];
         slot.key.clear();
         slot.lengths.clear();
         for part in parts {
